@@ -1,0 +1,7 @@
+"""Reference models: factories taking shape keywords that plug straight into ``mutransfer.plan``."""
+
+from mutransfer.models.cnn import ResNet
+from mutransfer.models.gpt import GPT
+from mutransfer.models.mlp import MLP
+
+__all__ = ["GPT", "MLP", "ResNet"]

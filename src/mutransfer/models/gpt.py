@@ -1,0 +1,82 @@
+"""A pre-norm GPT with a byte vocabulary and an explicit attention scale."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mutransfer.scaling.forward import attention_scale
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, n_head: int, scale: float):
+        super().__init__()
+        self.n_head, self.scale = n_head, scale
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hd)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, n_head: int, scale: float):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = _Attention(width, n_head, scale)
+        self.ln2 = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, 4 * width)
+        self.fc_proj = nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, ``depth`` pre-norm blocks, final norm, linear readout.
+
+    The head count is fixed, so the head size grows with ``width``. ``base_d_head`` selects
+    muP's ``1/d_head`` attention scale (equal to ``1/sqrt(d_head)`` at that head size); without
+    it the model uses the standard ``1/sqrt(d_head)``. ``tie_embeddings`` shares the token
+    embedding with the readout.
+    """
+
+    def __init__(
+        self,
+        width: int = 128,
+        depth: int = 2,
+        n_head: int = 4,
+        vocab_size: int = 256,
+        block_size: int = 128,
+        tie_embeddings: bool = False,
+        base_d_head: int | None = None,
+    ):
+        super().__init__()
+        if width % n_head:
+            raise ValueError(f"width {width} must be a multiple of n_head {n_head}")
+        d_head = width // n_head
+        scale = attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head)
+        self.block_size = block_size
+        self.wte = nn.Embedding(vocab_size, width)
+        self.wpe = nn.Embedding(block_size, width)
+        self.blocks = nn.ModuleList(_Block(width, n_head, scale) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(width)
+        self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        if tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        pos = torch.arange(T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)  # (B, T, width)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, vocab)

@@ -1,0 +1,55 @@
+"""The two muP factors that live in the forward pass, and the library's mechanism for each.
+
+1. Attention logits: muP uses ``1/d_head`` instead of ``1/sqrt(d_head)``. The model owns its
+   attention, so it asks for the scale::
+
+       scale = mutransfer.attention_scale(d_head, base_d_head=64)
+       y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+
+   At ``d_head == base_d_head`` this is the usual ``1/sqrt(d_head)``.
+
+2. Tied input/output embeddings: one tensor cannot take the embedding's and the readout's
+   optimizer settings at once, so the plan gives it the embedding's and multiplies the readout's
+   input by ``1/m`` (TP5's Table 8 form for the readout). ``Plan.attach_`` registers a
+   ``ScaleInput`` forward pre-hook on the readout module for this. It survives ``deepcopy``,
+   ``torch.compile`` and DDP; it is not in the ``state_dict``, so call ``attach_`` again after
+   building a model to load a checkpoint into.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+__all__ = ["ScaleInput", "attention_scale", "readout_hooks"]
+
+
+def attention_scale(d_head: int, base_d_head: int) -> float:
+    """muP attention scale ``sqrt(base_d_head) / d_head``: 1/d_head, equal to SP at base."""
+    if d_head <= 0 or base_d_head <= 0:
+        raise ValueError(f"head sizes must be positive, got d_head={d_head}, base_d_head={base_d_head}")
+    return math.sqrt(base_d_head) / d_head
+
+
+class ScaleInput:
+    """Forward pre-hook multiplying a module's first input by a constant."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        return (args[0] * self.scale, *args[1:])
+
+    def __repr__(self) -> str:
+        return f"ScaleInput({self.scale:g})"
+
+
+def readout_hooks(model: nn.Module) -> list[tuple[str, ScaleInput]]:
+    """Every ``ScaleInput`` hook registered in ``model``, with its module name."""
+    return [
+        (name, hook)
+        for name, module in model.named_modules()
+        for hook in module._forward_pre_hooks.values()
+        if isinstance(hook, ScaleInput)
+    ]

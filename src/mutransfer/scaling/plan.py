@@ -1,0 +1,408 @@
+"""A muP plan: per-parameter scaling as plain data, applied through init and param groups.
+
+    >>> import torch, mutransfer
+    >>> from mutransfer.models import MLP
+    >>> plan = mutransfer.plan(MLP, base={"width": 64}, target={"width": 512})
+    >>> model = MLP(width=512)
+    >>> plan.init_(model)
+    >>> opt = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
+
+Nothing is attached to tensors and nothing changes the forward pass, except one documented
+hook: a tied embedding/readout weight gets a forward pre-hook that scales the readout's input
+by ``1/m`` (see ``attach_``). The plan serialises to JSON and is restored without the factory.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from mutransfer.errors import MutransferError
+from mutransfer.scaling.forward import ScaleInput, readout_hooks
+from mutransfer.scaling.roles import (
+    ParamRole,
+    Role,
+    canonical_name,
+    infer_roles,
+    model_on_meta,
+    parameter_layout,
+)
+from mutransfer.scaling.rules import init_multiplier, multipliers
+
+__all__ = ["Plan", "load_plan", "plan", "plan_from_model"]
+
+FORMAT_VERSION = 1
+InitLaw = Literal["fan_in", "constant"]
+
+# Models a plan has initialised in this process: a second init_ would scale twice.
+_INITIALISED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Scaling for every parameter between a base shape and a target shape.
+
+    ``width_multiplier`` is target width over base width; ``params`` holds one record per
+    tensor (tied tensors once, with aliases); ``tied_readouts`` names the modules whose input
+    is scaled by ``1/width_multiplier`` because their weight is also the input embedding.
+    """
+
+    width_multiplier: float
+    params: tuple[ParamRole, ...]
+    base: Mapping[str, Any] = field(default_factory=dict)
+    target: Mapping[str, Any] = field(default_factory=dict)
+    tied_readouts: tuple[str, ...] = ()
+
+    # ---- reading -------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> ParamRole:
+        for p in self.params:
+            if name in p.names:
+                return p
+        raise KeyError(name)
+
+    def roles(self) -> dict[str, str]:
+        """Role of every parameter name, aliases included."""
+        return {n: p.role.value for p in self.params for n in p.names}
+
+    @property
+    def is_identity(self) -> bool:
+        """True at base shape: the plan changes nothing."""
+        return self.width_multiplier == 1.0 and all(p.m_in == p.m_out == 1.0 for p in self.params)
+
+    # ---- applying ------------------------------------------------------------------------
+    def init_(
+        self,
+        model: nn.Module,
+        *,
+        init_law: InitLaw = "fan_in",
+        zero: Sequence[str] = (),
+    ) -> nn.Module:
+        """Rescale a freshly initialised target model to muP init, then ``attach_`` it.
+
+        Your code's init is taken as the standard parametrization at the target shape;
+        ``init_law`` says how that init scales with width, so the plan can correct it:
+
+        - ``"fan_in"`` (PyTorch's Linear/Conv default, std ~ 1/sqrt(fan_in)): hidden tensors are
+          already right; readouts are multiplied by ``1/sqrt(m_in)``.
+        - ``"constant"`` (a fixed std such as 0.02 at every width): hidden tensors are multiplied
+          by ``1/sqrt(m_in)``, readouts by ``1/m_in``.
+
+        Vectors and input-like tensors keep your init. ``zero`` lists name patterns
+        (``fnmatch``) to set to zero, e.g. ``["lm_head.weight", "*.q_proj.weight"]``: muP's
+        recommended readout and query init. Call it once, on a fresh model, never after
+        loading a checkpoint (a second call is an error).
+        """
+        if init_law not in ("fan_in", "constant"):
+            raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
+        tensors = self._tensors(model)
+        root = _unwrap(model)
+        if root in _INITIALISED:
+            raise MutransferError(
+                "this model was already initialised by a plan; a second init_ would scale it twice. "
+                "Fix: call init_ once on a freshly built model (after loading a checkpoint, call "
+                "plan.attach_(model) only)."
+            )
+        zeroed = _match_patterns(zero, [n for p in self.params for n in p.names], "zero")
+        with torch.no_grad():
+            for p in self.params:
+                t = tensors[p.name]
+                if any(n in zeroed for n in p.names):
+                    t.zero_()
+                    continue
+                factor = init_multiplier(p)
+                if init_law == "fan_in" and p.role in (Role.HIDDEN, Role.OUTPUT):
+                    factor *= p.m_in**0.5  # the user's init already shrank by 1/sqrt(m_in)
+                if factor != 1.0:
+                    t.mul_(factor)
+        _INITIALISED.add(root)
+        self.attach_(model)
+        return model
+
+    def attach_(self, model: nn.Module) -> nn.Module:
+        """Register the forward hooks the plan needs (tied readouts only); no-op otherwise.
+
+        For a tied embedding/readout tensor the plan uses the embedding's rules and scales the
+        readout's input by ``1/m`` (the one forward multiplier that cannot move into the
+        optimizer, since the tensor serves both roles). Call it after loading a checkpoint.
+        """
+        self._tensors(model)  # validates names and shapes
+        if not self.tied_readouts:
+            return model
+        if readout_hooks(model):
+            raise MutransferError(
+                "this model already carries mutransfer's tied-readout hook; attaching it again would "
+                "scale the logits twice. Fix: call attach_ (or init_) once per model."
+            )
+        modules = {canonical_name(n): mod for n, mod in model.named_modules()}
+        for name in self.tied_readouts:
+            modules[name].register_forward_pre_hook(ScaleInput(1.0 / self.width_multiplier))
+        return model
+
+    def param_groups(
+        self,
+        model: nn.Module,
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        eps: float = 1e-8,
+        optimizer_family: str = "adam",
+        independent_weight_decay: bool = True,
+        decay_vectors: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Param groups for any ``torch.optim`` optimizer: one group per distinct multiplier set.
+
+        Each group carries ``lr``, ``weight_decay`` and (Adam-like) ``eps`` already scaled, plus
+        ``lr_scale`` and ``roles`` for reference; LR schedulers scale each group's lr by the
+        same factor, so the ratios hold. With ``independent_weight_decay`` a group whose lr is
+        multiplied by k gets weight decay divided by k, so the decay per step (lr * wd) is the
+        same at every width; without it the decay per step follows the group's lr.
+        ``decay_vectors=False`` puts biases and norm gains in groups without weight decay.
+        Only parameters with ``requires_grad`` are included.
+        """
+        tensors = self._tensors(model)
+        grouped: dict[tuple, dict[str, Any]] = {}
+        for p in self.params:
+            t = tensors[p.name]
+            if not t.requires_grad:
+                continue
+            mult = multipliers(p, self.width_multiplier, optimizer_family)
+            wd = weight_decay if (decay_vectors or p.role is not Role.VECTOR) else 0.0
+            if independent_weight_decay:
+                wd = wd / mult.lr
+            group = {"lr": lr * mult.lr, "weight_decay": wd}
+            if optimizer_family == "adam":
+                group["eps"] = eps * mult.eps
+            key = tuple(group.values())
+            entry = grouped.setdefault(key, {"params": [], **group, "lr_scale": mult.lr, "roles": []})
+            entry["params"].append(t)
+            if p.role.value not in entry["roles"]:
+                entry["roles"].append(p.role.value)
+        return list(grouped.values())
+
+    # ---- reporting -----------------------------------------------------------------------
+    def summary(self, optimizer_family: str = "adam") -> str:
+        """A table of every parameter: shapes, role, fan multipliers, init and optimizer factors."""
+        head = ["parameter", "base -> target", "role", "m_in", "m_out", "init x", "lr x", "eps x"]
+        rows = []
+        for p in self.params:
+            mult = multipliers(p, self.width_multiplier, optimizer_family)
+            names = p.name + "".join(f" = {a}" for a in p.aliases)
+            shapes = f"{_shape(p.base_shape)} -> {_shape(p.target_shape)}"
+            eps = f"{mult.eps:.4g}" if optimizer_family == "adam" else "-"
+            rows.append([names, shapes, p.role.value, f"{p.m_in:g}", f"{p.m_out:g}",
+                         f"{init_multiplier(p):.4g}", f"{mult.lr:.4g}", eps])
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = [f"muP plan: width x{self.width_multiplier:g} ({dict(self.base)} -> "
+                 f"{dict(self.target)}), optimizer family '{optimizer_family}'"]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                  for r in [head, ["-" * w for w in widths], *rows]]
+        counts = {r.value: sum(p.role is r for p in self.params) for r in Role}
+        lines.append("roles: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+        if self.tied_readouts:
+            lines.append(f"tied readout input scaled by 1/{self.width_multiplier:g}: "
+                         + ", ".join(self.tied_readouts))
+        return "\n".join(lines)
+
+    # ---- plain data ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "width_multiplier": self.width_multiplier,
+            "base": dict(self.base),
+            "target": dict(self.target),
+            "tied_readouts": list(self.tied_readouts),
+            "params": [
+                {
+                    "name": p.name,
+                    "aliases": list(p.aliases),
+                    "role": p.role.value,
+                    "base_shape": list(p.base_shape),
+                    "target_shape": list(p.target_shape),
+                    "m_in": p.m_in,
+                    "m_out": p.m_out,
+                    "layer": p.layer,
+                }
+                for p in self.params
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        if data.get("format") != FORMAT_VERSION:
+            raise MutransferError(
+                f"plan format {data.get('format')!r} is not supported (expected {FORMAT_VERSION}). "
+                "Fix: rebuild the plan with this version of mutransfer."
+            )
+        params = tuple(
+            ParamRole(
+                name=d["name"],
+                role=Role(d["role"]),
+                base_shape=tuple(d["base_shape"]),
+                target_shape=tuple(d["target_shape"]),
+                m_in=float(d["m_in"]),
+                m_out=float(d["m_out"]),
+                layer=d.get("layer", "raw"),
+                aliases=tuple(d.get("aliases", ())),
+            )
+            for d in data["params"]
+        )
+        return cls(
+            width_multiplier=float(data["width_multiplier"]),
+            params=params,
+            base=dict(data.get("base", {})),
+            target=dict(data.get("target", {})),
+            tied_readouts=tuple(data.get("tied_readouts", ())),
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan as JSON, e.g. beside a checkpoint."""
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    # ---- internals -----------------------------------------------------------------------
+    def _tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's tensors by plan name, after checking names and shapes match the plan."""
+        found: dict[str, tuple[str, torch.Tensor]] = {}
+        for name, t in model.named_parameters(remove_duplicate=False):
+            found.setdefault(canonical_name(name), (name, t))
+        expected = {n for p in self.params for n in p.names}
+        if set(found) != expected:
+            missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
+            raise MutransferError(
+                f"the model's parameters do not match the plan: missing {missing[:5]}, unexpected "
+                f"{extra[:5]}. Fix: build the model with the same factory at the plan's target shape "
+                f"{dict(self.target)}."
+            )
+        out = {}
+        for p in self.params:
+            t = found[p.name][1]
+            if tuple(t.shape) != p.target_shape:
+                raise MutransferError(
+                    f"parameter '{p.name}' has shape {tuple(t.shape)} but the plan's target shape is "
+                    f"{p.target_shape}. Fix: build the model at the plan's target {dict(self.target)}, "
+                    "or make a plan for this shape: mutransfer.plan(make_model, base=..., target=...)."
+                )
+            out[p.name] = t
+        return out
+
+
+def plan(
+    make_model: Callable[..., nn.Module],
+    *,
+    base: Mapping[str, Any],
+    target: Mapping[str, Any],
+    probe: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Plan:
+    """Build the muP plan for ``make_model`` between two shapes, on the meta device.
+
+    ``base`` and ``target`` are keyword arguments of the factory (the width keywords that
+    differ, plus any others it needs). When they are equal (planning at the base itself) a
+    ``probe`` shape is needed to tell which dimensions scale; by default every integer keyword
+    of ``base`` is doubled. ``overrides`` maps name patterns to a role for tensors the
+    inference cannot read, e.g. a readout registered as a raw parameter.
+    """
+    base, target = dict(base), dict(target)
+    if probe is None and base == target:
+        probe = {k: 2 * v if isinstance(v, int) and not isinstance(v, bool) else v for k, v in base.items()}
+    layouts = [parameter_layout(model_on_meta(make_model, s)) for s in (base, target)]
+    probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
+    return _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
+
+
+def plan_from_model(
+    model: nn.Module,
+    *,
+    base_dims: Mapping[int, int] | None = None,
+    base_shapes: Mapping[str, Sequence[int]] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Plan:
+    """Plan for an already-built model (frameworks, checkpoints), given its base description.
+
+    Give exactly one of ``base_dims`` (target size -> base size for each dimension size that
+    scales, e.g. ``{4096: 256, 11008: 688}``) or ``base_shapes`` (parameter name -> base shape).
+    """
+    if (base_dims is None) == (base_shapes is None):
+        raise MutransferError("plan_from_model needs exactly one of base_dims= or base_shapes=.")
+    target_layout = parameter_layout(model)
+    if base_shapes is not None:
+        shapes = {canonical_name(k): tuple(v) for k, v in base_shapes.items()}
+        missing = sorted(set(target_layout) - set(shapes))
+        if missing:
+            raise MutransferError(f"base_shapes lacks {missing[:5]}; give a base shape for every parameter.")
+    else:
+        dims = dict(base_dims)
+        shapes = {n: tuple(dims.get(d, d) for d in s) for n, (s, _) in target_layout.items()}
+    base_layout = {n: (shapes[n], uses) for n, (_, uses) in target_layout.items()}
+    return _build(base_layout, target_layout, None, overrides,
+                  {"dims": {str(k): v for k, v in (base_dims or {}).items()}}, {})
+
+
+def load_plan(path: str | os.PathLike) -> Plan:
+    """Read a plan written by ``Plan.save``; no factory needed."""
+    with open(path) as f:
+        return Plan.from_dict(json.load(f))
+
+
+def _build(base, target, probe, overrides, base_shape, target_shape) -> Plan:
+    roles_by_pattern = _parse_overrides(overrides, list(base))
+    m, params = infer_roles(base, target, probe, roles_by_pattern)
+    tied = []
+    for p in params:
+        if p.role is Role.INPUT and p.aliases and p.name not in roles_by_pattern:
+            uses = base[p.name][1]
+            tied += [u.name.rpartition(".")[0] for u in uses if u.known_layer and u.fan_in_dim == 1]
+    if m == 1.0:
+        tied = []  # at base shape the readout multiplier is 1: no hook, nothing changes
+    return Plan(width_multiplier=m, params=tuple(params), base=base_shape, target=target_shape,
+                tied_readouts=tuple(tied))
+
+
+def _parse_overrides(overrides: Mapping[str, str] | None, names: list[str]) -> dict[str, Role]:
+    out: dict[str, Role] = {}
+    for pattern, role in (overrides or {}).items():
+        try:
+            r = Role(role)
+        except ValueError:
+            raise MutransferError(
+                f"override {pattern!r}: unknown role {role!r}; choose one of {[r.value for r in Role]}."
+            ) from None
+        for name in _match_patterns([pattern], names, "overrides"):
+            out[name] = r
+    return out
+
+
+def _match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set[str]:
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
+        if not hits:
+            raise MutransferError(
+                f"{what} pattern {pattern!r} matches no parameter. Parameter names look like "
+                f"{names[:4]}; patterns use fnmatch ('*' matches dots too)."
+            )
+        matched |= hits
+    return matched
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / torch.compile / FSDP1 wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+def _shape(s: tuple[int, ...]) -> str:
+    return "x".join(map(str, s)) or "scalar"

@@ -1,0 +1,266 @@
+"""Classify every parameter of a model by how its dimensions grow with width.
+
+A parameter's *role* follows from which of its fan dimensions grow between the base and
+the target shape (Tensor Programs V, section 2 of DESIGN.md):
+
+- ``input``:  fan_in fixed, fan_out scales (embeddings, first layer, raw one-dimension-scaling tensors)
+- ``hidden``: fan_in and fan_out scale
+- ``output``: fan_in scales, fan_out fixed (readout / lm head, classifier)
+- ``vector``: a 1-D tensor whose one dimension scales (biases, norm gains)
+- ``fixed``:  nothing scales; left exactly as the user has it
+
+Shapes come from the factory run on the meta device: no memory, no compute.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mutransfer.errors import MutransferError
+
+__all__ = ["ParamRole", "Role", "canonical_name", "infer_roles", "model_on_meta", "parameter_layout"]
+
+# Segments that wrappers insert into parameter names (DDP / DataParallel, torch.compile,
+# FSDP1, activation checkpointing). A plan speaks of the unwrapped names.
+_WRAPPER_SEGMENTS = ("module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+class Role(str, enum.Enum):
+    INPUT = "input"
+    HIDDEN = "hidden"
+    OUTPUT = "output"
+    VECTOR = "vector"
+    FIXED = "fixed"
+
+
+@dataclass(frozen=True)
+class ParamRole:
+    """How one parameter tensor scales between the base and the target shape.
+
+    ``m_in``/``m_out`` are target fan over base fan (1.0 when that fan does not scale).
+    ``aliases`` lists further names of the same tensor (tied weights).
+    """
+
+    name: str
+    role: Role
+    base_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]
+    m_in: float = 1.0
+    m_out: float = 1.0
+    layer: str = "raw"
+    aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+
+@dataclass(frozen=True)
+class _Use:
+    """One place a tensor is registered: the owning layer kind and its (fan_out, fan_in) dims."""
+
+    name: str
+    layer: str
+    fan_out_dim: int | None
+    fan_in_dim: int | None
+    known_layer: bool
+
+
+def canonical_name(name: str) -> str:
+    """Drop the segments that DDP, torch.compile, FSDP and checkpoint wrappers add to names."""
+    parts = [p for p in name.split(".") if p not in _WRAPPER_SEGMENTS]
+    return ".".join(parts)
+
+
+def model_on_meta(make_model: Callable[..., nn.Module], shape: Mapping[str, object]) -> nn.Module:
+    """Build ``make_model(**shape)`` on the meta device: shapes only, no memory, no init compute."""
+    try:
+        with torch.device("meta"):
+            model = make_model(**shape)
+    except Exception as exc:  # the factory is user code: report it with the shape that broke it
+        raise MutransferError(
+            f"the model factory failed on the meta device with shape {dict(shape)}: "
+            f"{type(exc).__name__}: {exc}. Fix: make the factory accept these keywords and avoid "
+            "reading tensor values while building (no .item(), no data loading), or build the "
+            "model yourself and use mutransfer.plan_from_model(model, base_dims=...)."
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise MutransferError(
+            f"the model factory returned {type(model).__name__}, expected a torch.nn.Module."
+        )
+    return model
+
+
+def _use_of(module: nn.Module, local: str, name: str, ndim: int) -> _Use:
+    layer = type(module).__name__
+    if isinstance(module, nn.Embedding | nn.EmbeddingBag) and local == "weight":
+        return _Use(name, layer, 1, 0, True)  # (num_embeddings=in, embedding_dim=out)
+    if isinstance(module, nn.modules.conv._ConvNd) and local == "weight":
+        # (out, in/groups, *kernel), transposed convs store (in, out/groups, *kernel)
+        return _Use(name, layer, *((1, 0) if module.transposed else (0, 1)), True)
+    if isinstance(module, nn.Linear | nn.Bilinear) and local == "weight":
+        return _Use(name, layer, 0, 1, True)
+    if ndim >= 2:  # registered directly: PyTorch's (out, in, *receptive) convention
+        return _Use(name, layer, 0, 1, False)
+    return _Use(name, layer, None, None, False)
+
+
+def parameter_layout(model: nn.Module) -> dict[str, tuple[tuple[int, ...], list[_Use]]]:
+    """Map each tensor's canonical name to its shape and every place it is registered.
+
+    Tied tensors appear once, under their first name, with one use per name.
+    """
+    by_tensor: dict[int, tuple[str, tuple[int, ...], list[_Use]]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        cname = canonical_name(name)
+        owner_path, _, local = name.rpartition(".")
+        use = _use_of(model.get_submodule(owner_path), local, cname, param.dim())
+        entry = by_tensor.setdefault(id(param), (cname, tuple(param.shape), []))
+        entry[2].append(use)
+    return {cname: (shape, uses) for cname, shape, uses in by_tensor.values()}
+
+
+def _width_multiplier(ratios: Iterable[tuple[str, int, float]]) -> float:
+    """The factor most scaling dimensions grow by; every other factor is an error."""
+    ratios = list(ratios)
+    if not ratios:
+        return 1.0
+    counts = Counter(round(r, 9) for _, _, r in ratios)
+    m, _ = counts.most_common(1)[0]
+    odd = [(n, d, r) for n, d, r in ratios if round(r, 9) != m]
+    if odd:
+        name, dim, r = odd[0]
+        raise MutransferError(
+            f"dimension {dim} of parameter '{name}' scales by {r:g} while the width scales by {m:g}. "
+            "muP here uses one width multiplier: make every growing dimension grow by the same "
+            "factor (for example scale the FFN size with the width, keep head size or head count fixed)."
+        )
+    return float(m)
+
+
+def infer_roles(
+    base: Mapping[str, tuple[tuple[int, ...], list[_Use]]],
+    target: Mapping[str, tuple[tuple[int, ...], list[_Use]]],
+    probe: Mapping[str, tuple[tuple[int, ...], list[_Use]]] | None = None,
+    overrides: Mapping[str, Role] | None = None,
+) -> tuple[float, list[ParamRole]]:
+    """Return the width multiplier and one ``ParamRole`` per tensor.
+
+    ``probe`` (a third shape whose width differs from base) decides which dimensions scale
+    when base and target are the same shape; multipliers always come from base -> target.
+    """
+    _check_same_names(base, target, "base", "target")
+    scaling_ref = target
+    if probe is not None:
+        _check_same_names(base, probe, "base", "probe")
+        scaling_ref = probe
+    overrides = dict(overrides or {})
+
+    scaling: dict[str, list[int]] = {}
+    ratios, probe_ratios = [], []
+    for name, (bshape, _) in base.items():
+        tshape, rshape = target[name][0], scaling_ref[name][0]
+        for shape, label in ((tshape, "target"), (rshape, "probe")):
+            if len(shape) != len(bshape):
+                raise MutransferError(
+                    f"parameter '{name}' has {len(bshape)} dimensions at base shape and {len(shape)} at "
+                    f"{label} shape. Fix: a shape keyword must change sizes, not the structure."
+                )
+        scaling[name] = [d for d, (b, r) in enumerate(zip(bshape, rshape, strict=True)) if b != r]
+        ratios += [(name, d, tshape[d] / bshape[d]) for d in scaling[name] if tshape[d] != bshape[d]]
+        probe_ratios += [(name, d, rshape[d] / bshape[d]) for d in scaling[name]]
+    _width_multiplier(probe_ratios)  # one factor for all growing dims, also at the probe
+    m = _width_multiplier(ratios)
+    if not any(scaling.values()):
+        raise MutransferError(
+            "no parameter changes shape between the base and the target: nothing scales. "
+            "Fix: pass shape keywords that change the width (e.g. base={'width': 64}, "
+            "target={'width': 1024}), or a probe shape when base and target are equal."
+        )
+
+    roles = []
+    for name, (bshape, uses) in base.items():
+        role, m_in, m_out = _classify(name, bshape, uses, scaling[name], m)
+        if name in overrides:
+            role = overrides[name]
+            m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
+            m_out = m if role in (Role.HIDDEN, Role.INPUT, Role.VECTOR) else 1.0
+        layer = "+".join(dict.fromkeys(u.layer for u in uses))
+        roles.append(
+            ParamRole(
+                name=name,
+                role=role,
+                base_shape=bshape,
+                target_shape=target[name][0],
+                m_in=m_in,
+                m_out=m_out,
+                layer=layer,
+                aliases=tuple(u.name for u in uses[1:]),
+            )
+        )
+    return m, roles
+
+
+def _check_same_names(a: Mapping, b: Mapping, la: str, lb: str) -> None:
+    if set(a) == set(b):
+        return
+    only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+    raise MutransferError(
+        f"parameter names differ between the {la} and the {lb} shape: only at {la}: {only_a[:5]}, "
+        f"only at {lb}: {only_b[:5]}. Fix: pass only width keywords as shape; a keyword that adds or "
+        "removes layers (depth, number of experts) must be the same in both shapes."
+    )
+
+
+def _classify(
+    name: str, shape: tuple[int, ...], uses: list[_Use], scaling: list[int], m: float
+) -> tuple[Role, float, float]:
+    """Role and (m_in, m_out) of one tensor from the dimensions that scale."""
+    if not scaling:
+        return Role.FIXED, 1.0, 1.0
+    if len(scaling) > 2:
+        raise MutransferError(
+            f"parameter '{name}' (shape {shape}) has {len(scaling)} dimensions that scale with width "
+            f"(dims {scaling}); muP defines fan-in and fan-out only. Fix: keep all but two of them "
+            "fixed, or reshape the tensor into (fan_out, fan_in)."
+        )
+    if len(shape) == 1:
+        return Role.VECTOR, 1.0, m
+    roles = {_classify_use(name, shape, use, scaling) for use in uses}
+    if roles == {Role.INPUT, Role.OUTPUT}:  # tied embedding + readout: embedding rules, readout hook
+        return Role.INPUT, 1.0, m
+    if len(roles) > 1:
+        raise MutransferError(
+            f"tensor '{name}' is used as {sorted(r.value for r in roles)} under its names "
+            f"{[u.name for u in uses]}; a tied tensor must be an embedding and a readout, nothing else. "
+            "Fix: untie it, or give it one role with overrides={name: 'input'|'hidden'|'output'}."
+        )
+    role = roles.pop()
+    m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
+    m_out = m if role in (Role.HIDDEN, Role.INPUT) else 1.0
+    return role, m_in, m_out
+
+
+def _classify_use(name: str, shape: tuple[int, ...], use: _Use, scaling: list[int]) -> Role:
+    if not use.known_layer:
+        # Registered directly: one scaling dim reads as an embedding-like tensor (positional
+        # embeddings, class tokens); two as hidden. A raw readout needs an override.
+        return Role.HIDDEN if len(scaling) == 2 else Role.INPUT
+    fans = {use.fan_out_dim, use.fan_in_dim}
+    kernel = [d for d in scaling if d not in fans]
+    if kernel:
+        raise MutransferError(
+            f"dimension {kernel[0]} of '{name}' (shape {shape}, a {use.layer} weight) scales with "
+            "width, but it is a kernel dimension, neither fan-in nor fan-out. Fix: keep kernel "
+            "sizes fixed across shapes."
+        )
+    fan_in, fan_out = use.fan_in_dim in scaling, use.fan_out_dim in scaling
+    if fan_in and fan_out:
+        return Role.HIDDEN
+    return Role.OUTPUT if fan_in else Role.INPUT
