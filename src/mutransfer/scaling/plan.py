@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,8 +41,9 @@ __all__ = ["Plan", "load_plan", "plan", "plan_from_model"]
 FORMAT_VERSION = 1
 InitLaw = Literal["fan_in", "constant"]
 
-# Models a plan has initialised in this process: a second init_ would scale twice.
-_INITIALISED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+# Set on the root module by init_ (a module attribute, never a tensor one, so deepcopy keeps it
+# and a state_dict does not carry it): a second init_ would scale the weights twice.
+_INITIALISED = "_mutransfer_initialised"
 
 
 @dataclass(frozen=True)
@@ -104,11 +104,11 @@ class Plan:
             raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
         tensors = self._tensors(model)
         root = _unwrap(model)
-        if root in _INITIALISED:
+        if getattr(root, _INITIALISED, False) or (self.tied_readouts and readout_hooks(model)):
             raise MutransferError(
-                "this model was already initialised by a plan; a second init_ would scale it twice. "
-                "Fix: call init_ once on a freshly built model (after loading a checkpoint, call "
-                "plan.attach_(model) only)."
+                "this model was already initialised (or attached) by a plan; a second init_ would "
+                "scale it twice. Fix: call init_ once on a freshly built model (after loading a "
+                "checkpoint, call plan.attach_(model) only)."
             )
         zeroed = _match_patterns(zero, [n for p in self.params for n in p.names], "zero")
         with torch.no_grad():
@@ -122,7 +122,7 @@ class Plan:
                     factor *= p.m_in**0.5  # the user's init already shrank by 1/sqrt(m_in)
                 if factor != 1.0:
                     t.mul_(factor)
-        _INITIALISED.add(root)
+        setattr(root, _INITIALISED, True)
         self.attach_(model)
         return model
 
@@ -197,18 +197,33 @@ class Plan:
             names = p.name + "".join(f" = {a}" for a in p.aliases)
             shapes = f"{_shape(p.base_shape)} -> {_shape(p.target_shape)}"
             eps = f"{mult.eps:.4g}" if optimizer_family == "adam" else "-"
-            rows.append([names, shapes, p.role.value, f"{p.m_in:g}", f"{p.m_out:g}",
-                         f"{init_multiplier(p):.4g}", f"{mult.lr:.4g}", eps])
+            rows.append(
+                [
+                    names,
+                    shapes,
+                    p.role.value,
+                    f"{p.m_in:g}",
+                    f"{p.m_out:g}",
+                    f"{init_multiplier(p):.4g}",
+                    f"{mult.lr:.4g}",
+                    eps,
+                ]
+            )
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-        lines = [f"muP plan: width x{self.width_multiplier:g} ({dict(self.base)} -> "
-                 f"{dict(self.target)}), optimizer family '{optimizer_family}'"]
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                  for r in [head, ["-" * w for w in widths], *rows]]
+        lines = [
+            f"muP plan: width x{self.width_multiplier:g} ({dict(self.base)} -> "
+            f"{dict(self.target)}), optimizer family '{optimizer_family}'"
+        ]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+            for r in [head, ["-" * w for w in widths], *rows]
+        ]
         counts = {r.value: sum(p.role is r for p in self.params) for r in Role}
         lines.append("roles: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         if self.tied_readouts:
-            lines.append(f"tied readout input scaled by 1/{self.width_multiplier:g}: "
-                         + ", ".join(self.tied_readouts))
+            lines.append(
+                f"tied readout input scaled by 1/{self.width_multiplier:g}: " + ", ".join(self.tied_readouts)
+            )
         return "\n".join(lines)
 
     # ---- plain data ----------------------------------------------------------------------
@@ -342,8 +357,14 @@ def plan_from_model(
         dims = dict(base_dims)
         shapes = {n: tuple(dims.get(d, d) for d in s) for n, (s, _) in target_layout.items()}
     base_layout = {n: (shapes[n], uses) for n, (_, uses) in target_layout.items()}
-    return _build(base_layout, target_layout, None, overrides,
-                  {"dims": {str(k): v for k, v in (base_dims or {}).items()}}, {})
+    return _build(
+        base_layout,
+        target_layout,
+        None,
+        overrides,
+        {"dims": {str(k): v for k, v in (base_dims or {}).items()}},
+        {},
+    )
 
 
 def load_plan(path: str | os.PathLike) -> Plan:
@@ -362,8 +383,13 @@ def _build(base, target, probe, overrides, base_shape, target_shape) -> Plan:
             tied += [u.name.rpartition(".")[0] for u in uses if u.known_layer and u.fan_in_dim == 1]
     if m == 1.0:
         tied = []  # at base shape the readout multiplier is 1: no hook, nothing changes
-    return Plan(width_multiplier=m, params=tuple(params), base=base_shape, target=target_shape,
-                tied_readouts=tuple(tied))
+    return Plan(
+        width_multiplier=m,
+        params=tuple(params),
+        base=base_shape,
+        target=target_shape,
+        tied_readouts=tuple(tied),
+    )
 
 
 def _parse_overrides(overrides: Mapping[str, str] | None, names: list[str]) -> dict[str, Role]:

@@ -224,6 +224,8 @@ def _classify(
     """Role and (m_in, m_out) of one tensor from the dimensions that scale."""
     if not scaling:
         return Role.FIXED, 1.0, 1.0
+    for use in uses:
+        _check_no_kernel_scaling(name, shape, use, scaling)
     if len(scaling) > 2:
         raise MutransferError(
             f"parameter '{name}' (shape {shape}) has {len(scaling)} dimensions that scale with width "
@@ -252,15 +254,19 @@ def _classify_use(name: str, shape: tuple[int, ...], use: _Use, scaling: list[in
         # Registered directly: one scaling dim reads as an embedding-like tensor (positional
         # embeddings, class tokens); two as hidden. A raw readout needs an override.
         return Role.HIDDEN if len(scaling) == 2 else Role.INPUT
-    fans = {use.fan_out_dim, use.fan_in_dim}
-    kernel = [d for d in scaling if d not in fans]
+    fan_in, fan_out = use.fan_in_dim in scaling, use.fan_out_dim in scaling
+    if fan_in and fan_out:
+        return Role.HIDDEN
+    return Role.OUTPUT if fan_in else Role.INPUT
+
+
+def _check_no_kernel_scaling(name: str, shape: tuple[int, ...], use: _Use, scaling: list[int]) -> None:
+    if not use.known_layer:
+        return
+    kernel = [d for d in scaling if d not in (use.fan_out_dim, use.fan_in_dim)]
     if kernel:
         raise MutransferError(
             f"dimension {kernel[0]} of '{name}' (shape {shape}, a {use.layer} weight) scales with "
             "width, but it is a kernel dimension, neither fan-in nor fan-out. Fix: keep kernel "
             "sizes fixed across shapes."
         )
-    fan_in, fan_out = use.fan_in_dim in scaling, use.fan_out_dim in scaling
-    if fan_in and fan_out:
-        return Role.HIDDEN
-    return Role.OUTPUT if fan_in else Role.INPUT

@@ -1,0 +1,5 @@
+import sys
+
+from mutransfer.cli import main
+
+sys.exit(main())
