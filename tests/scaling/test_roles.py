@@ -224,3 +224,11 @@ def test_factory_is_built_on_meta_only():
 
     mutransfer.plan(factory, base={"width": 8}, target={"width": 4096})
     assert built == ["meta", "meta"]
+
+
+def test_probe_is_required_when_several_keywords_could_be_the_width():
+    shape = {"width": 32, "depth": 2}
+    with pytest.raises(MutransferError, match="pass probe="):
+        mutransfer.plan(MLP, base=shape, target=shape)
+    plan = mutransfer.plan(MLP, base=shape, target=shape, probe={"width": 64, "depth": 2})
+    assert plan.is_identity and plan.roles()["hidden.0.weight"] == "hidden"

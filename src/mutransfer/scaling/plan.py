@@ -321,13 +321,13 @@ def plan(
 
     ``base`` and ``target`` are keyword arguments of the factory (the width keywords that
     differ, plus any others it needs). When they are equal (planning at the base itself) a
-    ``probe`` shape is needed to tell which dimensions scale; by default every integer keyword
-    of ``base`` is doubled. ``overrides`` maps name patterns to a role for tensors the
+    ``probe`` shape tells which dimensions scale; when ``base`` has a single integer keyword
+    the default probe doubles it. ``overrides`` maps name patterns to a role for tensors the
     inference cannot read, e.g. a readout registered as a raw parameter.
     """
     base, target = dict(base), dict(target)
     if probe is None and base == target:
-        probe = {k: 2 * v if isinstance(v, int) and not isinstance(v, bool) else v for k, v in base.items()}
+        probe = _default_probe(base)
     layouts = [parameter_layout(model_on_meta(make_model, s)) for s in (base, target)]
     probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
     return _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
@@ -365,6 +365,17 @@ def plan_from_model(
         {"dims": {str(k): v for k, v in (base_dims or {}).items()}},
         {},
     )
+
+
+def _default_probe(base: dict[str, Any]) -> dict[str, Any]:
+    ints = [k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool)]
+    if len(ints) != 1:
+        raise MutransferError(
+            f"base and target are the same shape {base}, so the plan cannot tell which keywords are "
+            f"widths (integer keywords: {ints}). Fix: pass probe= with the width keywords changed, "
+            f"e.g. probe={{**base, {ints[0] if ints else 'width'!r}: 2 * base[...]}}."
+        )
+    return {**base, ints[0]: 2 * base[ints[0]]}
 
 
 def load_plan(path: str | os.PathLike) -> Plan:

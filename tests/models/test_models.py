@@ -1,0 +1,32 @@
+"""Reference models: output shapes, the attention scale switch, tied weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mutransfer
+from mutransfer.models import GPT, MLP, ResNet
+
+
+def test_output_shapes():
+    assert MLP(width=32)(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+    assert ResNet(width=8)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert GPT(width=32, block_size=16)(torch.randint(0, 256, (2, 16))).shape == (2, 16, 256)
+
+
+def test_attention_scale_is_sp_at_base_and_one_over_d_beyond():
+    assert mutransfer.attention_scale(16, base_d_head=16) == pytest.approx(1 / math.sqrt(16))
+    assert mutransfer.attention_scale(64, base_d_head=16) == pytest.approx(4 / 64)
+    gpt = GPT(width=256, n_head=4, base_d_head=16)
+    assert gpt.blocks[0].attn.scale == pytest.approx(4 / 64)
+    assert GPT(width=256, n_head=4).blocks[0].attn.scale == pytest.approx(1 / 8)
+    with pytest.raises(ValueError, match="head sizes must be positive"):
+        mutransfer.attention_scale(0, 16)
+
+
+def test_tied_gpt_shares_one_tensor():
+    gpt = GPT(width=32, tie_embeddings=True)
+    assert gpt.lm_head.weight is gpt.wte.weight
