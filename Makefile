@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed
-	-$(PY) -m pip install -q --no-deps mup==1.0.0
+	-$(PY) -m pip install -q pyyaml && $(PY) -m pip install -q --no-deps mup==1.0.0
 	$(PY) benchmarks/overhead.py
 
 clean:
