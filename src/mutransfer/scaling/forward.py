@@ -11,8 +11,8 @@
 2. Tied input/output embeddings: one tensor cannot take the embedding's and the readout's
    optimizer settings at once, so the plan gives it the embedding's and multiplies the readout's
    input by ``1/m`` (TP5's Table 8 form for the readout). ``Plan.attach_`` registers a
-   ``ScaleInput`` forward pre-hook on the readout module for this. It survives ``deepcopy``,
-   ``torch.compile`` and DDP; it is not in the ``state_dict``, so call ``attach_`` again after
+   ``ScaleInput`` forward pre-hook on the readout module for this. It survives ``deepcopy``
+   and ``torch.compile``; it is not in the ``state_dict``, so call ``attach_`` again after
    building a model to load a checkpoint into.
 """
 
