@@ -1,6 +1,6 @@
 """Quickstart: put your own model in muP, tune the learning rate on a narrow proxy, reuse it wide.
 
-Runs on CPU in about two minutes. The data is real text that every machine has: the bytes of
+Runs on CPU in under a minute. The data is real text that every machine has: the bytes of
 CPython's own standard library. The task: predict the next byte from the previous eight.
 
     python examples/quickstart.py
@@ -18,8 +18,8 @@ from torch import nn
 
 import mutransfer
 
-CONTEXT, BATCH, STEPS = 8, 64, 120
-BASE, TARGET = 32, 256
+CONTEXT, BATCH, STEPS = 8, 64, 200
+BASE, TARGET = 32, 512
 LRS = [2**k for k in range(-11, -4)]  # Adam learning rates, log2 spaced
 
 
