@@ -50,9 +50,8 @@ def _adam(p: ParamRole, m: float) -> Multipliers:
 
 
 def _sgd(p: ParamRole, m: float) -> Multipliers:
-    if p.role in (Role.INPUT, Role.VECTOR, Role.HIDDEN, Role.OUTPUT):
-        return Multipliers(lr=p.m_out / p.m_in)
-    return Multipliers()
+    # input/vector: m_out; hidden: m_out / m_in; output: 1 / m_in; fixed: 1 (both fans are 1)
+    return Multipliers(lr=p.m_out / p.m_in)
 
 
 FAMILIES: dict[str, Callable[[ParamRole, float], Multipliers]] = {"adam": _adam, "sgd": _sgd}
