@@ -104,7 +104,7 @@ def _use_of(module: nn.Module, local: str, name: str, ndim: int) -> _Use:
     if isinstance(module, nn.modules.conv._ConvNd) and local == "weight":
         # (out, in/groups, *kernel), transposed convs store (in, out/groups, *kernel)
         return _Use(name, layer, *((1, 0) if module.transposed else (0, 1)), True)
-    if isinstance(module, nn.Linear | nn.Bilinear) and local == "weight":
+    if isinstance(module, nn.Linear) and local == "weight":
         return _Use(name, layer, 0, 1, True)
     if ndim >= 2:  # registered directly: PyTorch's (out, in, *receptive) convention
         return _Use(name, layer, 0, 1, False)
