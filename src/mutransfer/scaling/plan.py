@@ -33,6 +33,8 @@ from mutransfer.scaling.roles import (
     infer_roles,
     model_on_meta,
     parameter_layout,
+    tied_readouts,
+    unwrap,
 )
 from mutransfer.scaling.rules import init_multiplier, multipliers
 
@@ -103,7 +105,7 @@ class Plan:
         if init_law not in ("fan_in", "constant"):
             raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
         tensors = self._tensors(model)
-        root = _unwrap(model)
+        root = unwrap(model)
         if getattr(root, _INITIALISED, False) or (self.tied_readouts and readout_hooks(model)):
             raise MutransferError(
                 "this model was already initialised (or attached) by a plan; a second init_ would "
@@ -385,15 +387,9 @@ def load_plan(path: str | os.PathLike) -> Plan:
 
 
 def _build(base, target, probe, overrides, base_shape, target_shape) -> Plan:
-    roles_by_pattern = _parse_overrides(overrides, list(base))
-    m, params = infer_roles(base, target, probe, roles_by_pattern)
-    tied = []
-    for p in params:
-        if p.role is Role.INPUT and p.aliases and p.name not in roles_by_pattern:
-            uses = base[p.name][1]
-            tied += [u.name.rpartition(".")[0] for u in uses if u.known_layer and u.fan_in_dim == 1]
-    if m == 1.0:
-        tied = []  # at base shape the readout multiplier is 1: no hook, nothing changes
+    m, params = infer_roles(base, target, probe, _parse_overrides(overrides, list(base)))
+    # at base shape the readout multiplier is 1: no hook, nothing changes
+    tied = tied_readouts(base, target, params) if m != 1.0 else []
     return Plan(
         width_multiplier=m,
         params=tuple(params),
@@ -428,17 +424,6 @@ def _match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set
             )
         matched |= hits
     return matched
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP / torch.compile / FSDP1 wrappers."""
-    while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
-        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
-            inner = model.module
-        if inner is None:
-            return model
-        model = inner
 
 
 def _shape(s: tuple[int, ...]) -> str:

@@ -24,7 +24,16 @@ from torch import nn
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["ParamRole", "Role", "canonical_name", "infer_roles", "model_on_meta", "parameter_layout"]
+__all__ = [
+    "ParamRole",
+    "Role",
+    "canonical_name",
+    "infer_roles",
+    "model_on_meta",
+    "parameter_layout",
+    "tied_readouts",
+    "unwrap",
+]
 
 # Segments that wrappers insert into parameter names (DDP / DataParallel, torch.compile,
 # FSDP1, activation checkpointing). A plan speaks of the unwrapped names.
@@ -186,11 +195,8 @@ def infer_roles(
 
     roles = []
     for name, (bshape, uses) in base.items():
-        role, m_in, m_out = _classify(name, bshape, uses, scaling[name], m)
-        if name in overrides:
-            role = overrides[name]
-            m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
-            m_out = m if role in (Role.HIDDEN, Role.INPUT, Role.VECTOR) else 1.0
+        role = overrides.get(name) or _classify(name, bshape, uses, scaling[name])
+        m_in, m_out = _fan_multipliers(role, m)
         layer = "+".join(dict.fromkeys(u.layer for u in uses))
         roles.append(
             ParamRole(
@@ -207,6 +213,40 @@ def infer_roles(
     return m, roles
 
 
+def tied_readouts(
+    base: Mapping[str, tuple[tuple[int, ...], list[_Use]]],
+    target: Mapping[str, tuple[tuple[int, ...], list[_Use]]],
+    roles: Iterable[ParamRole],
+) -> list[str]:
+    """Modules that read out through a tensor the plan treats as an input embedding.
+
+    Their input needs the ``1/m`` forward multiplier (see ``forward.py``).
+    """
+    modules = []
+    for p in roles:
+        if p.role is not Role.INPUT or not p.aliases:
+            continue
+        shape, uses = base[p.name]
+        scaling = [d for d, (b, t) in enumerate(zip(shape, target[p.name][0], strict=True)) if b != t]
+        modules += [
+            u.name.rpartition(".")[0]
+            for u in uses
+            if u.known_layer and _classify_use(shape, u, scaling) is Role.OUTPUT
+        ]
+    return modules
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / torch.compile / FSDP1 wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
+        if inner is None and isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
 def _check_same_names(a: Mapping, b: Mapping, la: str, lb: str) -> None:
     if set(a) == set(b):
         return
@@ -218,12 +258,17 @@ def _check_same_names(a: Mapping, b: Mapping, la: str, lb: str) -> None:
     )
 
 
-def _classify(
-    name: str, shape: tuple[int, ...], uses: list[_Use], scaling: list[int], m: float
-) -> tuple[Role, float, float]:
-    """Role and (m_in, m_out) of one tensor from the dimensions that scale."""
+def _fan_multipliers(role: Role, m: float) -> tuple[float, float]:
+    """(m_in, m_out) of a role: the fans that grow, grow by the width multiplier."""
+    m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
+    m_out = m if role in (Role.HIDDEN, Role.INPUT, Role.VECTOR) else 1.0
+    return m_in, m_out
+
+
+def _classify(name: str, shape: tuple[int, ...], uses: list[_Use], scaling: list[int]) -> Role:
+    """Role of one tensor from the dimensions that scale."""
     if not scaling:
-        return Role.FIXED, 1.0, 1.0
+        return Role.FIXED
     for use in uses:
         _check_no_kernel_scaling(name, shape, use, scaling)
     if len(scaling) > 2:
@@ -233,23 +278,20 @@ def _classify(
             "fixed, or reshape the tensor into (fan_out, fan_in)."
         )
     if len(shape) == 1:
-        return Role.VECTOR, 1.0, m
-    roles = {_classify_use(name, shape, use, scaling) for use in uses}
+        return Role.VECTOR
+    roles = {_classify_use(shape, use, scaling) for use in uses}
     if roles == {Role.INPUT, Role.OUTPUT}:  # tied embedding + readout: embedding rules, readout hook
-        return Role.INPUT, 1.0, m
+        return Role.INPUT
     if len(roles) > 1:
         raise MutransferError(
             f"tensor '{name}' is used as {sorted(r.value for r in roles)} under its names "
             f"{[u.name for u in uses]}; a tied tensor must be an embedding and a readout, nothing else. "
             "Fix: untie it, or give it one role with overrides={name: 'input'|'hidden'|'output'}."
         )
-    role = roles.pop()
-    m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
-    m_out = m if role in (Role.HIDDEN, Role.INPUT) else 1.0
-    return role, m_in, m_out
+    return roles.pop()
 
 
-def _classify_use(name: str, shape: tuple[int, ...], use: _Use, scaling: list[int]) -> Role:
+def _classify_use(shape: tuple[int, ...], use: _Use, scaling: list[int]) -> Role:
     if not use.known_layer:
         # Registered directly: one scaling dim reads as an embedding-like tensor (positional
         # embeddings, class tokens); two as hidden. A raw readout needs an override.
