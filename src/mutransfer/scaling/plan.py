@@ -3,8 +3,7 @@
     >>> import torch, mutransfer
     >>> from mutransfer.models import MLP
     >>> plan = mutransfer.plan(MLP, base={"width": 64}, target={"width": 512})
-    >>> model = MLP(width=512)
-    >>> plan.init_(model)
+    >>> model = plan.init_(MLP(width=512))
     >>> opt = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
 
 Nothing is attached to tensors and nothing changes the forward pass, except one documented
@@ -180,7 +179,7 @@ class Plan:
             if independent_weight_decay:
                 wd = wd / mult.lr
             group = {"lr": lr * mult.lr, "weight_decay": wd}
-            if optimizer_family == "adam":
+            if mult.eps is not None:
                 group["eps"] = eps * mult.eps
             key = tuple(group.values())
             entry = grouped.setdefault(key, {"params": [], **group, "lr_scale": mult.lr, "roles": []})
@@ -198,7 +197,7 @@ class Plan:
             mult = multipliers(p, self.width_multiplier, optimizer_family)
             names = p.name + "".join(f" = {a}" for a in p.aliases)
             shapes = f"{_shape(p.base_shape)} -> {_shape(p.target_shape)}"
-            eps = f"{mult.eps:.4g}" if optimizer_family == "adam" else "-"
+            eps = "-" if mult.eps is None else f"{mult.eps:.4g}"
             rows.append(
                 [
                     names,

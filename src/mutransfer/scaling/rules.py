@@ -33,10 +33,13 @@ __all__ = ["FAMILIES", "Multipliers", "init_multiplier", "multipliers"]
 
 @dataclass(frozen=True)
 class Multipliers:
-    """Factors applied to the user's base learning rate and eps for one parameter."""
+    """Factors applied to the user's base learning rate and eps for one parameter.
+
+    ``eps`` is None for families whose optimizers take no eps (SGD).
+    """
 
     lr: float = 1.0
-    eps: float = 1.0
+    eps: float | None = 1.0
 
 
 def _adam(p: ParamRole, m: float) -> Multipliers:
@@ -51,7 +54,7 @@ def _adam(p: ParamRole, m: float) -> Multipliers:
 
 def _sgd(p: ParamRole, m: float) -> Multipliers:
     # input/vector: m_out; hidden: m_out / m_in; output: 1 / m_in; fixed: 1 (both fans are 1)
-    return Multipliers(lr=p.m_out / p.m_in)
+    return Multipliers(lr=p.m_out / p.m_in, eps=None)
 
 
 FAMILIES: dict[str, Callable[[ParamRole, float], Multipliers]] = {"adam": _adam, "sgd": _sgd}
