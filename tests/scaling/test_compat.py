@@ -14,12 +14,12 @@ import textwrap
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 import mutransfer
 from mutransfer import MutransferError
 from mutransfer.models import GPT, MLP
 from mutransfer.scaling.forward import ScaleInput, readout_hooks
+from training import classification_batch, cross_entropy, train
 
 MLP_KW = {"depth": 3, "in_features": 8, "out_features": 4}
 GPT_KW = {"depth": 1, "tie_embeddings": True, "block_size": 16}
@@ -51,33 +51,13 @@ def make_gpt(plan, seed=0):
 
 
 def mlp_batch(n=32):
-    g = torch.Generator().manual_seed(1)
-    return torch.randn(n, MLP_KW["in_features"], generator=g), torch.randint(0, 4, (n,), generator=g)
+    return classification_batch(n, MLP_KW["in_features"], 4, seed=1)
 
 
 def gpt_batch(n=4):
     g = torch.Generator().manual_seed(2)
     idx = torch.randint(0, 256, (n, GPT_KW["block_size"] + 1), generator=g)
     return idx[:, :-1], idx[:, 1:]
-
-
-def ce_loss(model, x, y):
-    return F.cross_entropy(model(x), y)
-
-
-def lm_loss(model, x, y):
-    return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
-
-
-def train(model, opt, x, y, steps, loss_fn=ce_loss):
-    losses = []
-    for _ in range(steps):
-        loss = loss_fn(model, x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 def snapshot(model):
@@ -249,7 +229,7 @@ def test_checkpoint_resumes_in_fresh_process(gpt_plan, tmp_path):
     model = make_gpt(gpt_plan)
     opt = torch.optim.AdamW(gpt_plan.param_groups(model, lr=LR, weight_decay=WD))
     x, y = gpt_batch()
-    train(model, opt, x, y, 3, loss_fn=lm_loss)
+    train(model, opt, x, y, 3, loss_fn=cross_entropy)
 
     torch.save(model.state_dict(), tmp_path / "model.pt")
     torch.save(opt.state_dict(), tmp_path / "optim.pt")
@@ -258,9 +238,9 @@ def test_checkpoint_resumes_in_fresh_process(gpt_plan, tmp_path):
     assert mutransfer.load_plan(tmp_path / "plan.json") == gpt_plan
     groups = [[g["lr"], g["weight_decay"], g["eps"], len(g["params"])] for g in opt.param_groups]
 
-    expected = train(model, opt, x, y, 1, loss_fn=lm_loss)
+    expected = train(model, opt, x, y, 1, loss_fn=cross_entropy)
     with torch.no_grad():
-        expected.append(lm_loss(model, x, y).item())
+        expected.append(cross_entropy(model, x, y).item())
 
     got = json.loads(run_script(RESUME_SCRIPT, tmp_path))
     assert got["groups"] == groups  # floats survive JSON exactly

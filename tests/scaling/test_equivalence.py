@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 import mutransfer
+import training
 from mutransfer.models import MLP
+from training import classification_batch
 
 BASE, TARGET = 16, 64
 M = TARGET / BASE
@@ -62,16 +64,7 @@ class Table8MLP(nn.Module):
 
 
 def train(model, optimizer, steps=20):
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(64, 784, generator=g), torch.randint(0, 10, (64,), generator=g)
-    losses = []
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    return training.train(model, optimizer, *classification_batch(64, 784, 10, seed=1), steps)
 
 
 @pytest.mark.parametrize(

@@ -9,29 +9,21 @@ from functools import partial
 
 import pytest
 import torch
-from torch import nn
 
 import mutransfer
+import training
 from mutransfer import MutransferError
 from mutransfer.models import GPT, MLP
 from mutransfer.scaling.forward import readout_hooks
+from training import classification_batch
 
 
 def tiny_gpt(**kw):
     return partial(GPT, depth=1, block_size=16, **kw)
 
 
-def train(model, optimizer, steps=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(32, 784, generator=g), torch.randint(0, 10, (32,), generator=g)
-    losses = []
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+def train(model, optimizer, steps=5):
+    return training.train(model, optimizer, *classification_batch(32, 784, 10, seed=0), steps)
 
 
 # ---- identity at base ----------------------------------------------------------------------
