@@ -46,3 +46,27 @@ def test_plan_command_reports_errors_without_traceback(capsys):
 def test_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "mutransfer", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "plan" in proc.stdout
+
+
+def test_coord_check_command_exits_0_on_pass_and_writes_plot_and_json(tmp_path, capsys):
+    png, js = tmp_path / "coord.png", tmp_path / "coord.json"
+    args = ["coord-check", "mutransfer.models:MLP", "--data", "mnist-5k", "--batch-size", "32"]
+    args += ["--steps", "2", "--seeds", "2", "--compare-sp", "--out", str(png), "--json", str(js)]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert "PASSED" in out.out and "FAILED" in out.out  # muP passes, standard fails
+    assert "8/8 runs" in out.err  # progress went to stderr
+    assert png.stat().st_size > 10_000
+    assert (tmp_path / "coord-sp.json").exists() and (tmp_path / "coord-mup.json").exists()
+
+
+def test_coord_check_command_exits_1_when_a_module_grows(capsys):
+    # muP plan but the GPT's attention keeps 1/sqrt(d_head): the check must fail
+    args = ["coord-check", "mutransfer.models:GPT", "--widths", "32", "64", "128", "--steps", "1"]
+    assert main([*args, "--seeds", "1", "--block-size", "16"]) == 1
+    assert "attn.logits" in capsys.readouterr().out
+
+
+def test_coord_check_command_reports_bad_data_name(capsys):
+    assert main(["coord-check", "mutransfer.models:MLP", "--data", "imagenet"]) == 2
+    assert "choose one of" in capsys.readouterr().err

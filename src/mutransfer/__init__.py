@@ -4,19 +4,36 @@ plan = mutransfer.plan(make_model, base={"width": 64}, target={"width": 1024})
 model = make_model(width=1024)
 plan.init_(model)
 optimizer = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
+result = mutransfer.coord_check(make_model, widths=[64, 128, 256, 512], data=mutransfer.data.stdlib())
 """
 
+from mutransfer import data, models, testing  # noqa: F401  (subpackages: mutransfer.data.stdlib())
+from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.errors import MutransferError
-from mutransfer.scaling import ParamRole, Plan, Role, attention_scale, load_plan, plan, plan_from_model
+from mutransfer.report import plot_coord_check
+from mutransfer.scaling import (
+    AttentionLogits,
+    ParamRole,
+    Plan,
+    Role,
+    attention_scale,
+    load_plan,
+    plan,
+    plan_from_model,
+)
 
 __all__ = [
+    "AttentionLogits",
+    "CoordCheck",
     "MutransferError",
     "ParamRole",
     "Plan",
     "Role",
     "attention_scale",
+    "coord_check",
     "load_plan",
     "plan",
     "plan_from_model",
+    "plot_coord_check",
 ]
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Command line: one subcommand per public function; flags mirror argument names.
 
 mutransfer plan mutransfer.models:GPT --base width=64 --target width=1024 --out plan.json
+mutransfer coord-check mutransfer.models:GPT --widths 32 64 128 256 --set base_d_head=8 --out coord.png
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ import argparse
 import ast
 import importlib
 import sys
+import time
 from collections.abc import Callable, Sequence
 
+from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
+from mutransfer.data import TokenData
+from mutransfer.data import load as load_data
 from mutransfer.errors import MutransferError
 from mutransfer.scaling import plan as make_plan
 
@@ -54,6 +59,74 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _coord_check(args: argparse.Namespace) -> int:
+    make_model = load_factory(args.factory)
+    data = load_data(args.data)
+    if isinstance(data, TokenData):
+        data = data.with_block_size(args.block_size)
+    settings = dict(
+        widths=args.widths,
+        data=data,
+        steps=args.steps,
+        seeds=args.seeds,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        batch_size=args.batch_size,
+        width_key=args.width_key,
+        base=args.base,
+        threshold=args.threshold,
+        device=args.device,
+    )
+    runs = [("mup", parse_shape(args.set))]
+    if args.compare_sp:
+        runs.insert(0, ("sp", {**parse_shape(args.set), **parse_shape(args.sp_set)}))
+    results: list[CoordCheck] = []
+    for parametrization, shape in runs:
+        label = "muP" if parametrization == "mup" else "standard"
+        result = coord_check(
+            make_model,
+            parametrization=parametrization,
+            shape=shape,
+            progress=_Progress(f"coord-check {label}"),
+            **settings,
+        )
+        print(result.table(), end="\n\n")
+        results.append(result)
+    if args.json:
+        for result in results:
+            result.save(_suffixed(args.json, result.parametrization, len(results)))
+    if args.out:
+        from mutransfer.report import plot_coord_check
+
+        plot_coord_check(results, args.out, measure=args.plot_measure)
+        print(f"plot written to {args.out}")
+    return 0 if results[-1].passed else 1
+
+
+class _Progress:
+    """One status line on stderr: runs done, elapsed time and an estimate of the time left."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.start = label, time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        elapsed = time.monotonic() - self.start
+        left = f", ~{elapsed / done * (total - done):.0f}s left" if 0 < done < total else ""
+        line = f"{self.label}: {done}/{total} runs, {elapsed:.1f}s{left} ({what})"
+        if self.tty:
+            print("\r" + line.ljust(78), end="\n" if done == total else "", file=sys.stderr, flush=True)
+        elif done == total or done == 0:
+            print(line, file=sys.stderr, flush=True)
+
+
+def _suffixed(path: str, tag: str, count: int) -> str:
+    if count == 1:
+        return path
+    stem, dot, ext = path.rpartition(".")
+    return f"{stem}-{tag}.{ext}" if dot else f"{path}-{tag}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mutransfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +137,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer-family", default="adam", choices=["adam", "sgd"])
     p.add_argument("--out", help="write the plan as JSON here")
     p.set_defaults(run=_plan)
+
+    c = sub.add_parser(
+        "coord-check",
+        help="train a few steps at several widths and judge whether any activation grows with width",
+        description="Exit status: 0 when the muP check passes, 1 when a module grows with width, "
+        "2 on bad input.",
+    )
+    c.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
+    c.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256], help="at least 3 widths")
+    c.add_argument("--steps", type=int, default=4, help="training steps per width (default 4)")
+    c.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
+    c.add_argument("--lr", type=float, default=3e-3, help="base learning rate (default 3e-3)")
+    c.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    c.add_argument("--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits")
+    c.add_argument("--block-size", type=int, default=64, help="sequence length for text data (default 64)")
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
+    c.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
+    c.add_argument("--base", type=int, help="base width of the plan (default: the narrowest width)")
+    c.add_argument(
+        "--compare-sp", action="store_true", help="also run standard parametrization, side by side"
+    )
+    c.add_argument(
+        "--sp-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="factory keywords for the standard run only",
+    )
+    c.add_argument(
+        "--threshold", type=float, default=GROWTH_THRESHOLD, help="fail above this growth exponent"
+    )
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--out", help="save the plot (PNG) here")
+    c.add_argument("--plot-measure", default="rms", choices=["rms", "change", "update"])
+    c.add_argument("--json", help="save the measurements and verdicts as JSON here")
+    c.set_defaults(run=_coord_check)
     return parser
 
 

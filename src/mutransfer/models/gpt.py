@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mutransfer.scaling.forward import attention_scale
+from mutransfer.scaling.forward import AttentionLogits, attention_scale
 
 
 class _Attention(nn.Module):
@@ -17,11 +17,13 @@ class _Attention(nn.Module):
         self.n_head, self.scale = n_head, scale
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width)
+        self.logits = AttentionLogits()  # hook point for the coordinate check
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        self.logits.observe(q, k, self.scale)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -70,6 +72,10 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(_Block(width, n_head, scale) for _ in range(depth))
         self.ln_f = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        # GPT-2's embedding init (std 0.02; PyTorch's default is 1), the rest PyTorch's default:
+        # with std 1 a tied readout starts with logits of size sqrt(width) and a loss near 16
+        nn.init.normal_(self.wte.weight, std=0.02)
+        nn.init.normal_(self.wpe.weight, std=0.02)
         if tie_embeddings:
             self.lm_head.weight = self.wte.weight
 

@@ -6,7 +6,9 @@
        scale = mutransfer.attention_scale(d_head, base_d_head=64)
        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
 
-   At ``d_head == base_d_head`` this is the usual ``1/sqrt(d_head)``.
+   At ``d_head == base_d_head`` this is the usual ``1/sqrt(d_head)``. Fused attention never
+   materialises the logits, so a model that wants them checked (``mutransfer.coord_check``)
+   holds an ``AttentionLogits`` hook point and calls ``observe(q, k, scale)`` beside SDPA.
 
 2. Tied input/output embeddings: one tensor cannot take the embedding's and the readout's
    optimizer settings at once, so the plan gives it the embedding's and multiplies the readout's
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
-__all__ = ["ScaleInput", "attention_scale", "readout_hooks"]
+__all__ = ["AttentionLogits", "ScaleInput", "attention_scale", "readout_hooks"]
 
 
 def attention_scale(d_head: int, base_d_head: int) -> float:
@@ -30,6 +33,21 @@ def attention_scale(d_head: int, base_d_head: int) -> float:
     if d_head <= 0 or base_d_head <= 0:
         raise ValueError(f"head sizes must be positive, got d_head={d_head}, base_d_head={base_d_head}")
     return math.sqrt(base_d_head) / d_head
+
+
+class AttentionLogits(nn.Module):
+    """Hook point for the pre-softmax attention logits ``scale * q @ k^T``, shape (B, heads, T, T).
+
+    ``observe`` computes them only while a forward hook is registered on this module (the
+    coordinate check registers one), so training keeps the fused SDPA path and pays nothing.
+    """
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+        return (q @ k.transpose(-2, -1)) * scale
+
+    def observe(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+        if self._forward_hooks:
+            self(q, k, scale)
 
 
 class ScaleInput:

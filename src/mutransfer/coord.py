@@ -1,0 +1,516 @@
+"""Coordinate check: a verdict on whether every activation keeps its size as the model widens.
+
+    >>> import mutransfer
+    >>> from mutransfer.data import stdlib
+    >>> from mutransfer.models import GPT
+    >>> result = mutransfer.coord_check(
+    ...     GPT, widths=[32, 64, 128, 256], data=stdlib(block_size=64), shape={"base_d_head": 8}
+    ... )
+    >>> result.passed
+    True
+
+In muP, after any fixed number of training steps, the typical entry of every activation, of
+the attention logits and of the output logits keeps its size as the width grows, and so does
+the change each layer's own update makes to its output (Tensor Programs V: every layer
+updates maximally and nothing blows up). The check trains every width for a few steps from
+several seeds and, before every step, runs a fixed probe batch and records for each watched
+module the RMS of
+
+- ``rms``: its output;
+- ``change``: its output minus its output before training;
+- ``update``: its output minus what its initial copy computes from the same input, i.e. the
+  effect of the module's own parameter updates (``dW @ x`` for a linear layer), which exposes
+  a mis-scaled learning rate even while the layer's input dominates its output;
+- ``scale``: for an ``AttentionLogits`` hook point, the logit scale times ``d_head`` (muP:
+  constant, since the scale is ``1/d_head``).
+
+For each it fits the growth exponent ``s`` of ``value ~ width**s`` (least-squares slope on
+log-log axes, values averaged over seeds first). A module fails when an exponent exceeds
+``threshold``. It is a *cause* when its own update, its attention scale or its initial output
+(beyond its input's) grows; otherwise it only inherits the growth from upstream.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mutransfer.errors import MutransferError
+from mutransfer.scaling.forward import AttentionLogits
+from mutransfer.scaling.plan import Plan
+from mutransfer.scaling.plan import plan as make_plan
+from mutransfer.scaling.roles import Role, canonical_name
+
+__all__ = ["GROWTH_THRESHOLD", "CoordCheck", "ModuleCheck", "coord_check"]
+
+# Growth exponent above which a module fails, set from benchmarks/coord_thresholds.py (widths
+# 32..256, 4 steps, 3 seeds, Adam lr 1e-3..3e-2; figures in benchmarks/README.md): correct muP
+# reached at most 0.21 in any module, and every fault at least 0.50 where it lives; 0.35 is
+# midway. Exact muP would give 0, and SP's readout 1, at infinite width.
+GROWTH_THRESHOLD = 0.35
+
+Parametrization = Literal["mup", "sp"]
+Progress = Callable[[int, int, str], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
+    "adam": (torch.optim.Adam, "adam"),
+    "adamw": (torch.optim.AdamW, "adam"),
+    "sgd": (torch.optim.SGD, "sgd"),
+}
+# The role that names a module, strongest first (a Linear's weight outranks its bias).
+_KIND_ORDER = (Role.OUTPUT, Role.HIDDEN, Role.INPUT, Role.VECTOR, Role.FIXED)
+_MEASURES = ("rms", "change", "update", "input", "scale")
+
+
+@dataclass(frozen=True)
+class ModuleCheck:
+    """The verdict for one watched module: its worst growth exponent per measure (nan where a
+    measure does not apply), ``status`` ``ok``/``grows``/``diverged``, whether it is a cause of
+    growth rather than an heir to its input's, and the likely reason."""
+
+    name: str
+    kind: str
+    rms_slope: float
+    change_slope: float
+    update_slope: float
+    scale_slope: float
+    status: str
+    cause: bool = False
+    hint: str = ""
+
+    @property
+    def slope(self) -> float:
+        """The worst exponent over all measures."""
+        slopes = (self.rms_slope, self.change_slope, self.update_slope, self.scale_slope)
+        return max((s for s in slopes if not math.isnan(s)), default=math.nan)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True)
+class CoordCheck:
+    """Measurements and verdicts of one coordinate check; plain data with a JSON round-trip.
+
+    ``curves[measure][module][i][t]``: the seed-mean value at ``widths[i]`` before step ``t``
+    for ``measure`` in ``rms``, ``change``, ``update``, ``input`` (the input's RMS; for
+    attention logits the product of the q and k sizes) and ``scale``; ``change`` and
+    ``update`` are nan at step 0. ``loss[i][t]`` is the probe batch's loss.
+    """
+
+    parametrization: str
+    widths: tuple[int, ...]
+    steps: int
+    seeds: int
+    lr: float
+    optimizer: str
+    threshold: float
+    curves: dict[str, dict[str, list[list[float]]]]
+    loss: list[list[float]]
+    modules: tuple[ModuleCheck, ...]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(m.passed for m in self.modules)
+
+    @property
+    def failures(self) -> tuple[ModuleCheck, ...]:
+        return tuple(m for m in self.modules if not m.passed)
+
+    def slopes(self, module: str, measure: str = "rms") -> list[float]:
+        """Growth exponent of one measure of ``module`` at every step."""
+        return _slopes(self.widths, self.curves[measure].get(module, []), self.steps + 1)
+
+    def table(self) -> str:
+        """One line per module with its worst exponent per measure and its verdict, then the hints."""
+        head = ["module", "kind", "rms", "change", "update", "scale", "verdict"]
+        rows = [
+            [m.name, m.kind]
+            + [_num(s) for s in (m.rms_slope, m.change_slope, m.update_slope, m.scale_slope)]
+            + [m.status + (" (cause)" if m.cause else "")]
+            for m in self.modules
+        ]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = [
+            f"coordinate check ({self.parametrization}, widths {list(self.widths)}, {self.steps} steps, "
+            f"{self.seeds} seeds, {self.optimizer} lr {self.lr:g}): growth exponent s of width**s; "
+            f"fail above {self.threshold:g}"
+        ]
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]
+        ]
+        failures = self.failures
+        lines.append(
+            "PASSED: no module grows with width"
+            if not failures
+            else f"FAILED: {len(failures)} of {len(self.modules)} modules grow with width"
+        )
+        by_hint: dict[str, list[str]] = {}
+        for m in failures:
+            if m.cause or m.status == "diverged":
+                by_hint.setdefault(m.hint, []).append(m.name)
+        lines += [f"  {', '.join(names)}: {hint}" for hint, names in by_hint.items()]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CoordCheck:
+        fields = {k: v for k, v in data.items() if k != "passed"}
+        fields["widths"] = tuple(fields["widths"])
+        fields["modules"] = tuple(ModuleCheck(**m) for m in fields["modules"])
+        return cls(**fields)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+
+def coord_check(
+    make_model: Callable[..., nn.Module],
+    *,
+    widths: Sequence[int],
+    data: Any,
+    steps: int = 4,
+    seeds: int = 3,
+    lr: float = 3e-3,
+    optimizer: str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] = "adam",
+    optimizer_family: str | None = None,
+    parametrization: Parametrization = "mup",
+    shape: Mapping[str, Any] | None = None,
+    width_key: str = "width",
+    base: int | None = None,
+    batch_size: int = 8,
+    loss: LossFn | None = None,
+    modules: Sequence[str] | None = None,
+    init_law: str = "fan_in",
+    zero: Sequence[str] = (),
+    threshold: float = GROWTH_THRESHOLD,
+    device: str | torch.device = "cpu",
+    progress: Progress | None = None,
+) -> CoordCheck:
+    """Train ``make_model(**shape, width=w)`` for ``steps`` steps at every width; judge growth.
+
+    ``data`` is any ``mutransfer.data.Batches`` (``batch(index, batch_size, seed=...)``); batch
+    0 is the probe. ``parametrization="mup"`` applies the plan from ``base`` (default: the
+    narrowest width) with ``init_law`` and ``zero`` as in ``Plan.init_``; ``"sp"`` trains the
+    model as built with one learning rate. ``optimizer`` is ``"adam"``, ``"adamw"``, ``"sgd"`` or
+    a callable taking the param groups (give ``optimizer_family`` then, default ``adam``).
+    ``modules`` are name patterns to watch (default: every module that holds parameters, and
+    every ``AttentionLogits`` hook point). ``progress(done, total, label)`` is called per run.
+    Dropout makes ``update`` noisy: build the model without it for the check.
+    """
+    widths = sorted(int(w) for w in widths)
+    if len(set(widths)) < 3:
+        raise MutransferError(
+            f"a coordinate check needs at least 3 distinct widths to fit a slope, got {widths}. "
+            "Fix: e.g. widths=[32, 64, 128, 256]."
+        )
+    if steps < 1 or seeds < 1:
+        raise MutransferError(f"steps and seeds must be at least 1, got steps={steps}, seeds={seeds}.")
+    if parametrization not in ("mup", "sp"):
+        raise MutransferError(f"parametrization must be 'mup' or 'sp', got {parametrization!r}.")
+    build_optimizer, family = _optimizer(optimizer, optimizer_family)
+    shape = dict(shape or {})
+    base = widths[0] if base is None else base
+    loss = loss or _cross_entropy
+    plans = {w: _plan(make_model, shape, width_key, base, w) for w in widths}
+    kinds = _module_kinds(plans[widths[-1]])
+
+    total, done = len(widths) * seeds, 0
+    runs: dict[str, list[list[list[float]]]] = {}  # "measure:module" -> width -> seed -> step
+    losses: list[list[list[float]]] = [[] for _ in widths]
+    order: list[str] = []
+    for i, w in enumerate(widths):
+        for seed in range(seeds):
+            if progress:
+                progress(done, total, f"width {w} seed {seed}")
+            torch.manual_seed(seed)
+            model = make_model(**shape, **{width_key: w}).to(device)
+            if parametrization == "mup":
+                plans[w].init_(model, init_law=init_law, zero=zero)
+                groups = plans[w].param_groups(model, lr=lr, optimizer_family=family)
+            else:
+                groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
+            run = _run(model, build_optimizer(groups), data, steps, seed, batch_size, loss, modules, device)
+            order += [n for n in run.order if n not in order]
+            kinds.update(dict.fromkeys(run.attention, "attention"))
+            for key, series in run.series.items():
+                runs.setdefault(key, [[] for _ in widths])[i].append(series)
+            losses[i].append(run.losses)
+            done += 1
+    if progress:
+        progress(done, total, "done")
+
+    curves = {
+        measure: {n: [_mean(s) for s in runs[f"{measure}:{n}"]] for n in order if f"{measure}:{n}" in runs}
+        for measure in _MEASURES
+    }
+    mean_loss = [_mean(s) for s in losses]
+    return CoordCheck(
+        parametrization=parametrization,
+        widths=tuple(widths),
+        steps=steps,
+        seeds=seeds,
+        lr=lr,
+        optimizer=optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom"),
+        threshold=threshold,
+        curves=curves,
+        loss=mean_loss,
+        modules=_judge(order, kinds, widths, curves, mean_loss, threshold),
+        settings={"base": base, "shape": shape, "width_key": width_key, "batch_size": batch_size},
+    )
+
+
+# ---- one training run ------------------------------------------------------------------------
+@dataclass
+class _Run:
+    series: dict[str, list[float]]  # "measure:module" -> value before each step (nan: not measured)
+    losses: list[float]
+    order: list[str]  # watched modules in the order the forward pass reached them
+    attention: set[str]  # the AttentionLogits hook points among them
+
+
+def _run(model, optimizer, data, steps, seed, batch_size, loss_fn, patterns, device) -> _Run:
+    watched = _watched(model, patterns)
+    initial = copy.deepcopy(model)  # before any hook: calling its modules records nothing
+    initial_modules = {canonical_name(n): m for n, m in initial.named_modules()}
+    series: dict[str, list[float]] = {}
+    first_output: dict[str, torch.Tensor] = {}
+
+    def hook(name: str, is_logits: bool, has_params: bool):
+        def record(module, args, kwargs, output):
+            out = (output[0] if isinstance(output, (tuple, list)) else output).detach().float()
+            values = {"rms": _rms(out), "input": _input_rms(args, is_logits)}
+            if is_logits:  # muP's scale is 1/d_head: scale * d_head stays fixed
+                scale = args[2] if len(args) > 2 else kwargs["scale"]
+                values["scale"] = float(scale) * args[0].shape[-1]
+            values["change"] = values["update"] = math.nan  # both need a step taken
+            if name not in first_output:
+                first_output[name] = out
+            else:
+                values["change"] = _rms(out - first_output[name])
+                if has_params:  # the initial module on today's input: what the updates changed
+                    before = initial_modules[name].forward(*args, **kwargs)
+                    before = before[0] if isinstance(before, (tuple, list)) else before
+                    values["update"] = _rms(out - before.detach().float())
+            for measure, value in values.items():
+                series.setdefault(f"{measure}:{name}", []).append(value)
+
+        return record
+
+    probe = [t.to(device) for t in data.batch(0, batch_size, seed=seed)]
+    losses: list[float] = []
+    for step in range(steps + 1):
+        handles = [
+            module.register_forward_hook(
+                hook(name, isinstance(module, AttentionLogits), _owns_parameters(module)), with_kwargs=True
+            )
+            for name, module in watched.items()
+        ]
+        try:
+            with torch.no_grad():
+                losses.append(loss_fn(model(probe[0]), probe[1]).item())
+        finally:
+            for h in handles:
+                h.remove()
+        if step == steps:
+            break
+        x, y = (t.to(device) for t in data.batch(step + 1, batch_size, seed=seed))
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    order = [n for n in first_output]
+    attention = {n for n, m in watched.items() if isinstance(m, AttentionLogits)}
+    return _Run(series, losses, order, attention)
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _watched(model: nn.Module, patterns: Sequence[str] | None) -> dict[str, nn.Module]:
+    named = {canonical_name(n): m for n, m in model.named_modules() if n}
+    if patterns is None:
+        return {n: m for n, m in named.items() if isinstance(m, AttentionLogits) or _owns_parameters(m)}
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in named)]
+    if unmatched:
+        raise MutransferError(
+            f"modules= patterns {unmatched} match no module. Modules are named like "
+            f"{list(named)[:6]}. Fix: use fnmatch patterns over these names, e.g. 'blocks.*.attn.*'."
+        )
+    return {n: m for n, m in named.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+
+
+def _rms(t: torch.Tensor) -> float:
+    return t.detach().float().pow(2).mean().sqrt().item()
+
+
+def _input_rms(args: tuple, is_logits: bool) -> float:
+    """RMS of the module's input; for attention logits the product of the q and k sizes."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    if not tensors:
+        return 1.0  # token ids or no tensor input: nothing upstream can grow
+    return math.prod(_rms(t) for t in tensors[:2]) if is_logits else _rms(tensors[0])
+
+
+# ---- judging ---------------------------------------------------------------------------------
+def _judge(order, kinds, widths, curves, loss, threshold) -> tuple[ModuleCheck, ...]:
+    diverged = _divergence(widths, loss)
+    steps = len(loss[0])
+    measured = []
+    for name in order:
+        slopes = {m: _slopes(widths, curves[m].get(name, []), steps) for m in _MEASURES}
+        worst = {m: _worst(slopes[m]) for m in ("rms", "change", "update")}
+        worst["scale"] = slopes["scale"][0]
+        if diverged or any(math.isinf(s) for m in ("rms", "change", "update") for s in slopes[m]):
+            status = "diverged"
+        else:
+            status = "grows" if max(_finite(s) for s in worst.values()) > threshold else "ok"
+        # what the module adds itself: its attention scale, its own update, its init beyond its input
+        reason = (
+            "scale"
+            if _finite(worst["scale"]) > threshold
+            else "update"
+            if _finite(worst["update"]) > threshold
+            else "init"
+            if _finite(slopes["rms"][0]) - _finite(slopes["input"][0]) > threshold
+            else None
+        )
+        measured.append(
+            (name, kinds.get(name, "other"), worst, status, reason if status == "grows" else None)
+        )
+    first_cause = next((name for name, _, _, _, reason in measured if reason), None)
+    verdicts = []
+    for name, kind, worst, status, reason in measured:
+        if status == "diverged":
+            hint = diverged or "its output is not finite at some width: training diverged. Fix: lower lr."
+        elif status == "ok":
+            hint = ""
+        elif reason:
+            hint = _hint(kind, reason)
+        elif first_cause:
+            hint = f"grows because its input grows; the growth starts at {first_cause}"
+        else:
+            hint = "grows a little in each of several modules; check that the plan covers every layer"
+        slopes = (worst["rms"], worst["change"], worst["update"], worst["scale"])
+        verdicts.append(ModuleCheck(name, kind, *slopes, status=status, cause=reason is not None, hint=hint))
+    return tuple(verdicts)
+
+
+def _hint(kind: str, reason: str) -> str:
+    """The likely fault; one text per fault, so the table lists every module it applies to once."""
+    if reason == "scale":
+        return (
+            "attention logits grow: the scale is not 1/d_head (1/sqrt(d_head) is standard "
+            "parametrization). Fix: scale=mutransfer.attention_scale(d_head, base_d_head)."
+        )
+    if reason == "init":
+        return (
+            "grows at initialisation: the init std does not shrink with fan_in. Fix: muP init "
+            "(plan.init_; readouts std/width or zero)."
+        )
+    if kind == "output":
+        return (
+            "logits grow with the readout's own updates: the readout is not scaled. Fix: its learning "
+            "rate and init shrink like 1/width (plan.param_groups and plan.init_)."
+        )
+    if kind == "hidden":
+        return (
+            "its own updates grow: the hidden learning rate is not scaled. Fix: with Adam a hidden "
+            "matrix takes lr/m_in (plan.param_groups)."
+        )
+    return "its own updates grow: its learning rate is scaled up with width. Fix: use plan.param_groups."
+
+
+def _slopes(widths: Sequence[int], curve: list[list[float]], steps: int) -> list[float]:
+    """Exponent at every step of ``curve[i][t]`` (width ``i``); nan where nothing was recorded."""
+    if not curve:
+        return [math.nan] * steps
+    return [_slope(widths, [c[t] for c in curve]) for t in range(steps)]
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def _worst(slopes: list[float]) -> float:
+    return max((s for s in slopes if math.isfinite(s)), default=math.nan)
+
+
+def _divergence(widths: Sequence[int], loss: list[list[float]]) -> str:
+    for w, series in zip(widths, loss, strict=True):
+        for t, v in enumerate(series):
+            if not math.isfinite(v):
+                return f"training diverged at width {w} (loss not finite before step {t}). Fix: lower lr."
+    return ""
+
+
+def _slope(widths: Sequence[int], values: Sequence[float]) -> float:
+    """Least-squares slope of log(values) on log(widths); nan when a value is 0, inf if not finite."""
+    if any(math.isnan(v) for v in values):
+        return math.nan  # not recorded at this step
+    if any(math.isinf(v) for v in values):
+        return math.inf
+    if any(v <= 0 for v in values):
+        return math.nan  # e.g. a zero-initialised readout at step 0: no size to compare
+    xs = [math.log(w) for w in widths]
+    ys = [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+# ---- set-up helpers --------------------------------------------------------------------------
+def _optimizer(optimizer, family):
+    if callable(optimizer) and not isinstance(optimizer, str):
+        return optimizer, family or "adam"
+    if optimizer not in _OPTIMIZERS:
+        raise MutransferError(
+            f"optimizer {optimizer!r} is not known; choose one of {sorted(_OPTIMIZERS)} or pass a "
+            "callable that builds an optimizer from param groups."
+        )
+    cls, default_family = _OPTIMIZERS[optimizer]
+    return cls, family or default_family
+
+
+def _plan(make_model, shape, width_key, base, width) -> Plan:
+    base_shape, target = {**shape, width_key: base}, {**shape, width_key: width}
+    probe = {**shape, width_key: 2 * base} if width == base else None
+    return make_plan(make_model, base=base_shape, target=target, probe=probe)
+
+
+def _module_kinds(plan: Plan) -> dict[str, str]:
+    """Module name -> the strongest role among its own parameters (``output`` beats ``hidden``)."""
+    roles: dict[str, set[Role]] = {}
+    for p in plan.params:
+        for name in p.names:
+            roles.setdefault(name.rpartition(".")[0], set()).add(p.role)
+    kinds = {m: next(r.value for r in _KIND_ORDER if r in rs) for m, rs in roles.items()}
+    return kinds | dict.fromkeys(plan.tied_readouts, Role.OUTPUT.value)
+
+
+def _mean(runs: list[list[float]]) -> list[float]:
+    return [sum(v) / len(v) for v in zip(*runs, strict=True)]
+
+
+def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Classification (B, C) or next-token prediction (B, T, V)."""
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
+
+
+def _num(x: float) -> str:
+    return "" if math.isnan(x) else f"{x:+.2f}" if math.isfinite(x) else str(x)

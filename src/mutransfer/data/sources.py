@@ -1,0 +1,42 @@
+"""Data sources by name, so a config file or the CLI can say ``data: shakespeare``.
+
+data = mutransfer.data.load("stdlib", block_size=256)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from mutransfer.data.batches import Batches
+from mutransfer.data.images import digits, fashion_mnist, mnist_5k
+from mutransfer.data.text import shakespeare, stdlib
+from mutransfer.errors import MutransferError
+
+__all__ = ["SOURCES", "load"]
+
+SOURCES: dict[str, Callable[..., Batches]] = {
+    "stdlib": stdlib,
+    "shakespeare": shakespeare,
+    "fashion-mnist": fashion_mnist,
+    "mnist-5k": mnist_5k,
+    "digits": digits,
+}
+
+
+def load(name: str, **kwargs: Any) -> Batches:
+    """Call the loader registered as ``name`` (``_`` and ``-`` are interchangeable) with ``kwargs``."""
+    key = name.strip().lower().replace("_", "-")
+    if key not in SOURCES:
+        raise MutransferError(f"unknown data source {name!r}; choose one of: {', '.join(SOURCES)}.")
+    loader = SOURCES[key]
+    signature = inspect.signature(loader)
+    try:
+        signature.bind(**kwargs)
+    except TypeError:
+        accepted = ", ".join(signature.parameters) or "no options"
+        raise MutransferError(
+            f"data source {key!r} got options {sorted(kwargs)}; it accepts: {accepted}."
+        ) from None
+    return loader(**kwargs)

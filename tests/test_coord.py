@@ -1,0 +1,148 @@
+"""The coordinate check passes correct muP and names the fault in each broken variant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mutransfer
+from mutransfer.data import mnist_5k, stdlib
+from mutransfer.models import GPT, MLP
+
+WIDTHS = [32, 64, 128, 256]
+LR = 3e-3  # the default
+
+
+@pytest.fixture(scope="module")
+def text():
+    return stdlib(block_size=32)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return mnist_5k()
+
+
+def check(make_model, data, **kwargs):
+    kwargs.setdefault("widths", WIDTHS)
+    kwargs.setdefault("steps", 3)
+    kwargs.setdefault("seeds", 2)
+    kwargs.setdefault("lr", LR)
+    return mutransfer.coord_check(make_model, data=data, **kwargs)
+
+
+def causes(result) -> dict[str, str]:
+    return {m.name: m.hint for m in result.modules if m.cause}
+
+
+def test_mup_mlp_passes(images):
+    result = check(MLP, images, batch_size=32)
+    assert result.passed, result.table()
+    assert [m.name for m in result.modules] == ["input", "hidden.0", "hidden.1", "readout"]
+    assert {m.kind for m in result.modules} == {"input", "hidden", "output"}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_mup_gpt_passes(text, tie):
+    result = check(GPT, text, shape={"base_d_head": 8, "tie_embeddings": tie})
+    assert result.passed, result.table()
+    kinds = {m.name: m.kind for m in result.modules}
+    assert kinds["blocks.0.attn.logits"] == "attention"
+    assert kinds["lm_head"] == "output"  # also when it is the tied embedding
+    assert result.modules[0].scale_slope != result.modules[0].scale_slope  # nan: not attention
+    logits = next(m for m in result.modules if m.name == "blocks.0.attn.logits")
+    assert abs(logits.scale_slope) < 1e-9  # 1/d_head exactly
+
+
+def test_standard_mlp_fails_at_the_readout(images):
+    result = check(MLP, images, parametrization="sp", batch_size=32)
+    assert not result.passed
+    found = causes(result)
+    assert "readout" in found and "readout is not scaled" in found["readout"]
+    assert "hidden learning rate" in found["hidden.0"]
+    assert "readout" in result.table() and "FAILED" in result.table()
+
+
+def test_standard_gpt_fails_at_logits_and_attention(text):
+    result = check(GPT, text, parametrization="sp")
+    found = causes(result)
+    assert "readout is not scaled" in found["lm_head"]
+    assert all("attention" in found[f"blocks.{i}.attn.logits"] for i in range(2))
+    lm_head = next(m for m in result.modules if m.name == "lm_head")
+    assert lm_head.slope > 0.4
+
+
+def test_attention_scale_left_at_inverse_sqrt_is_flagged_there_only(text):
+    result = check(GPT, text)  # muP plan, but GPT keeps 1/sqrt(d_head) without base_d_head
+    failing = {m.name for m in result.failures}
+    assert failing == {"blocks.0.attn.logits", "blocks.1.attn.logits"}, result.table()
+    for name in failing:
+        m = next(m for m in result.modules if m.name == name)
+        assert m.cause and m.scale_slope == pytest.approx(0.5, abs=1e-6)
+        assert "attention_scale" in m.hint
+
+
+def test_unscaled_hidden_learning_rate_is_flagged(images):
+    def hidden_at_base_lr(groups):
+        return torch.optim.Adam([{**g, "lr": LR} if "hidden" in g["roles"] else g for g in groups])
+
+    result = check(MLP, images, optimizer=hidden_at_base_lr, batch_size=32)
+    found = causes(result)
+    assert "hidden.0" in found and "hidden learning rate" in found["hidden.0"], result.table()
+    assert "readout" not in found  # its own scaling is right; it only inherits the growth
+    readout = next(m for m in result.modules if m.name == "readout")
+    assert readout.status == "grows" and "hidden.0" in readout.hint
+
+
+def test_divergence_is_recorded_not_raised(images):
+    result = check(MLP, images, parametrization="sp", optimizer="sgd", lr=1e8, seeds=1)
+    assert not result.passed
+    assert any(m.status == "diverged" for m in result.modules)
+    assert "diverged" in result.table()
+
+
+def test_result_round_trips_through_json_and_plots(tmp_path, text):
+    result = check(GPT, text, shape={"base_d_head": 8}, steps=1, seeds=1, widths=[32, 64, 128])
+    path = tmp_path / "coord.json"
+    result.save(path)
+    again = mutransfer.CoordCheck.from_dict(json.loads(path.read_text()))
+    as_json = json.dumps(result.to_dict(), sort_keys=True)  # NaN-safe comparison
+    assert json.dumps(again.to_dict(), sort_keys=True) == as_json
+    assert again.passed == result.passed and again.modules[0].name == result.modules[0].name
+
+    png = tmp_path / "coord.png"
+    mutransfer.plot_coord_check([result, result], png, measure="change")
+    image = pytest.importorskip("matplotlib.pyplot").imread(png)
+    assert image.shape[0] > 200 and image.std() > 0.05  # drawn, not blank
+
+
+def test_watched_modules_can_be_chosen(images):
+    result = check(MLP, images, modules=["hidden.*"], widths=[32, 64, 128], steps=1, seeds=1)
+    assert [m.name for m in result.modules] == ["hidden.0", "hidden.1"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"widths": [32, 64]}, "at least 3 distinct widths"),
+        ({"optimizer": "adagrad"}, "choose one of"),
+        ({"modules": ["decoder.*"]}, "match no module"),
+        ({"parametrization": "ntk"}, "'mup' or 'sp'"),
+    ],
+)
+def test_bad_input_is_named(images, kwargs, message):
+    with pytest.raises(mutransfer.MutransferError, match=message):
+        check(MLP, images, **kwargs)
+
+
+def test_assert_coord_check(images):
+    result = mutransfer.testing.assert_coord_check(
+        MLP, widths=[32, 64, 128], data=images, steps=2, seeds=1, batch_size=32
+    )
+    assert result.passed
+    with pytest.raises(AssertionError, match="readout"):
+        mutransfer.testing.assert_coord_check(
+            MLP, widths=[32, 64, 128], data=images, steps=2, seeds=1, parametrization="sp"
+        )
