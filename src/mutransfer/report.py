@@ -38,13 +38,14 @@ def plot_coord_check(
     results: CoordCheck | Sequence[CoordCheck],
     path: str | os.PathLike,
     *,
-    measure: str = "rms",
+    measure: str = "update",
 ) -> None:
     """Save a PNG: one row per result (e.g. standard above muP), one column per step.
 
-    Each panel shows every watched module's output RMS (``measure="change"``: of its change
-    since initialisation; ``"update"``: of the change its own updates made) against width on
-    log-log axes, coloured by kind. Flat lines are
+    Each panel shows, for every watched module, the RMS of the change its own updates made to
+    its output (``measure="update"``, the sharpest view: SP's lines rise like width), of its
+    output (``"rms"``, the classic view) or of its change since init (``"change"``), against
+    width on log-log axes, coloured by kind. Flat lines are
     what muP promises; modules judged as causes of growth are drawn thick (names in the table).
     """
     if measure not in _MEASURES:
@@ -66,7 +67,7 @@ def plot_coord_check(
     handles = [
         plt.Line2D([], [], color=c, label=k)
         for k, c in _KIND_COLOURS.items()
-        if any(m.kind == k for r in results for m in r.modules)
+        if any(m.kind == k for r in results for m in r.modules if m.name in r.curves[measure])
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     what = _MEASURES[measure]
