@@ -9,7 +9,7 @@ import torch
 
 import mutransfer
 from mutransfer.data import mnist_5k, stdlib
-from mutransfer.models import GPT, MLP
+from mutransfer.models import GPT, MLP, ResNet
 
 WIDTHS = [32, 64, 128, 256]
 LR = 3e-3  # the default
@@ -54,6 +54,13 @@ def test_mup_gpt_passes(text, tie):
     assert result.modules[0].scale_slope != result.modules[0].scale_slope  # nan: not attention
     logits = next(m for m in result.modules if m.name == "blocks.0.attn.logits")
     assert abs(logits.scale_slope) < 1e-9  # 1/d_head exactly
+
+
+def test_resnet_passes_under_mup_and_fails_in_standard(images):
+    small = {"widths": [8, 16, 32, 64], "steps": 2, "batch_size": 4}
+    assert check(ResNet, images, **small).passed
+    found = causes(check(ResNet, images, parametrization="sp", **small))
+    assert {"blocks.0.conv1", "readout"} <= set(found)
 
 
 def test_standard_mlp_fails_at_the_readout(images):

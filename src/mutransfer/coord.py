@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.forward import AttentionLogits
 from mutransfer.scaling.plan import Plan
@@ -184,7 +185,7 @@ def coord_check(
     make_model: Callable[..., nn.Module],
     *,
     widths: Sequence[int],
-    data: Any,
+    data: Batches,
     steps: int = 4,
     seeds: int = 3,
     lr: float = 3e-3,
