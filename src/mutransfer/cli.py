@@ -118,9 +118,9 @@ class _Progress:
         elapsed = time.monotonic() - self.start
         left = f", ~{elapsed / done * (total - done):.0f}s left" if 0 < done < total else ""
         line = f"{self.label}: {done}/{total} runs, {elapsed:.1f}s{left} ({what})"
-        if self.tty:
+        if self.tty:  # one line, rewritten in place
             print("\r" + line.ljust(78), end="\n" if done == total else "", file=sys.stderr, flush=True)
-        elif done == total or done == 0:
+        else:  # logs (CI): one line per run
             print(line, file=sys.stderr, flush=True)
 
 
