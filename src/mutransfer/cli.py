@@ -124,11 +124,10 @@ class _Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def _suffixed(path: str, tag: str, count: int) -> str:
-    if count == 1:
-        return path
-    stem, dot, ext = path.rpartition(".")
-    return f"{stem}-{tag}.{ext}" if dot else f"{path}-{tag}"
+def _suffixed(path: str, tag: str, count: int) -> Path:
+    """``out/coord.json`` -> ``out/coord-sp.json`` when several results share one --json path."""
+    p = Path(path)
+    return p if count == 1 else p.with_name(f"{p.stem}-{tag}{p.suffix}")
 
 
 def build_parser() -> argparse.ArgumentParser:
