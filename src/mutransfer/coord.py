@@ -213,7 +213,7 @@ def coord_check(
     a callable taking the param groups (give ``optimizer_family`` then, default ``adam``).
     ``modules`` are name patterns to watch (default: every module that holds parameters, and
     every ``AttentionLogits`` hook point). ``progress(done, total, label)`` is called per run.
-    Dropout makes ``update`` noisy: build the model without it for the check.
+    Build the model without dropout: the model and its initial copy would draw different masks.
     """
     widths = sorted(int(w) for w in widths)
     if len(set(widths)) < 3:
@@ -382,19 +382,8 @@ def _judge(order, kinds, widths, curves, loss, threshold) -> tuple[ModuleCheck, 
             status = "diverged"
         else:
             status = "grows" if max(_finite(s) for s in worst.values()) > threshold else "ok"
-        # what the module adds itself: its attention scale, its own update, its init beyond its input
-        reason = (
-            "scale"
-            if _finite(worst["scale"]) > threshold
-            else "update"
-            if _finite(worst["update"]) > threshold
-            else "init"
-            if _finite(slopes["rms"][0]) - _finite(slopes["input"][0]) > threshold
-            else None
-        )
-        measured.append(
-            (name, kinds.get(name, "other"), worst, status, reason if status == "grows" else None)
-        )
+        reason = _own_growth(worst, slopes, threshold) if status == "grows" else None
+        measured.append((name, kinds.get(name, "other"), worst, status, reason))
     first_cause = next((name for name, _, _, _, reason in measured if reason), None)
     verdicts = []
     for name, kind, worst, status, reason in measured:
@@ -411,6 +400,18 @@ def _judge(order, kinds, widths, curves, loss, threshold) -> tuple[ModuleCheck, 
         slopes = (worst["rms"], worst["change"], worst["update"], worst["scale"])
         verdicts.append(ModuleCheck(name, kind, *slopes, status=status, cause=reason is not None, hint=hint))
     return tuple(verdicts)
+
+
+def _own_growth(worst: dict[str, float], slopes: dict[str, list[float]], threshold: float) -> str | None:
+    """What a growing module adds itself, if anything: its attention scale, the effect of its own
+    updates, or its initial output beyond its input's growth. None: it inherits the growth."""
+    if _finite(worst["scale"]) > threshold:
+        return "scale"
+    if _finite(worst["update"]) > threshold:
+        return "update"
+    if _finite(slopes["rms"][0]) - _finite(slopes["input"][0]) > threshold:
+        return "init"
+    return None
 
 
 def _hint(kind: str, reason: str) -> str:
