@@ -5,12 +5,14 @@ model = make_model(width=1024)
 plan.init_(model)
 optimizer = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
 result = mutransfer.coord_check(make_model, widths=[64, 128, 256, 512], data=mutransfer.data.stdlib())
+grid = mutransfer.grid(make_model, widths=[64, 256, 1024], lrs=[2**k for k in range(-12, -4)], data=...)
 """
 
 from mutransfer import data, models, testing  # noqa: F401  (subpackages: mutransfer.data.stdlib())
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.errors import MutransferError
-from mutransfer.report import plot_coord_check
+from mutransfer.grid import Grid, grid
+from mutransfer.report import plot_coord_check, plot_grid
 from mutransfer.scaling import (
     AttentionLogits,
     ParamRole,
@@ -25,15 +27,18 @@ from mutransfer.scaling import (
 __all__ = [
     "AttentionLogits",
     "CoordCheck",
+    "Grid",
     "MutransferError",
     "ParamRole",
     "Plan",
     "Role",
     "attention_scale",
     "coord_check",
+    "grid",
     "load_plan",
     "plan",
     "plan_from_model",
     "plot_coord_check",
+    "plot_grid",
 ]
 __version__ = "0.1.0"

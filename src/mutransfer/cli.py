@@ -2,6 +2,7 @@
 
 mutransfer plan mutransfer.models:GPT --base width=64 --target width=1024 --out plan.json
 mutransfer coord-check mutransfer.models:GPT --widths 32 64 128 256 --set base_d_head=8 --out coord.png
+mutransfer grid mutransfer.models:MLP --data fashion-mnist --widths 128 256 512 1024 --json grid.json
 """
 
 from __future__ import annotations
@@ -9,16 +10,19 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import inspect
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
-from mutransfer.data import TokenData
+from mutransfer.data import Batches, TokenData
 from mutransfer.data import load as load_data
 from mutransfer.errors import MutransferError
+from mutransfer.grid import PARAMETRIZATIONS, Grid, grid
 from mutransfer.scaling import plan as make_plan
+from mutransfer.train import OPTIMIZERS, SCHEDULES
 
 
 def load_factory(spec: str) -> Callable:
@@ -60,11 +64,34 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _coord_check(args: argparse.Namespace) -> int:
-    make_model = load_factory(args.factory)
+def _load_data(args: argparse.Namespace, make_model: Callable) -> tuple[Batches, dict[str, object]]:
+    """The data source, and the factory keywords it decides (the input size, the context
+    length) for those the factory takes and ``--set`` leaves open."""
     data = load_data(args.data)
     if isinstance(data, TokenData):
         data = data.with_block_size(args.block_size)
+        implied = {"block_size": data.block_size, "vocab_size": data.vocab_size}
+    else:
+        implied = {
+            "in_features": data.in_features,
+            "in_channels": data.in_channels,
+            "out_features": data.num_classes,
+            "num_classes": data.num_classes,
+        }
+    try:
+        accepted = inspect.signature(make_model).parameters
+    except (TypeError, ValueError):  # no signature to read: the user sets everything
+        accepted = {}
+    shape = parse_shape(args.set)
+    filled = {k: v for k, v in implied.items() if k in accepted and k not in shape}
+    if filled:
+        print(f"from the data: {' '.join(f'{k}={v}' for k, v in filled.items())}", file=sys.stderr)
+    return data, {**filled, **shape}
+
+
+def _coord_check(args: argparse.Namespace) -> int:
+    make_model = load_factory(args.factory)
+    data, shape = _load_data(args, make_model)
     settings = dict(
         widths=args.widths,
         data=data,
@@ -78,9 +105,9 @@ def _coord_check(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         device=args.device,
     )
-    runs = [("mup", parse_shape(args.set))]
+    runs = [("mup", shape)]
     if args.compare_sp:
-        runs.insert(0, ("sp", {**parse_shape(args.set), **parse_shape(args.sp_set)}))
+        runs.insert(0, ("sp", {**shape, **parse_shape(args.sp_set)}))
     results: list[CoordCheck] = []
     for parametrization, shape in runs:
         label = "muP" if parametrization == "mup" else "standard"
@@ -107,21 +134,78 @@ def _coord_check(args: argparse.Namespace) -> int:
     return 0 if results[-1].passed else 1
 
 
+def _grid(args: argparse.Namespace) -> int:
+    make_model = load_factory(args.factory)
+    data, shape = _load_data(args, make_model)
+    lrs = args.lrs or [2.0**k for k in args.log2_lrs]
+    print(
+        f"results are saved to {args.json} after every cell; rerun the same command to resume",
+        file=sys.stderr,
+    )
+    try:
+        result = grid(
+            make_model,
+            widths=args.widths,
+            lrs=lrs,
+            data=data,
+            parametrizations=args.parametrizations,
+            shape=shape,
+            sp_shape=parse_shape(args.sp_set),
+            width_key=args.width_key,
+            base=args.base,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            warmup=args.warmup,
+            schedule=args.schedule,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            seeds=args.seeds,
+            eval_batches=args.eval_batches,
+            path=args.json,
+            device=args.device,
+            progress=_Progress("grid", unit="cells"),
+        )
+    except KeyboardInterrupt:
+        saved = len(Grid.load(args.json).cells) if Path(args.json).exists() else 0
+        print(f"\ninterrupted: {saved} cells are saved in {args.json}; rerun to resume.", file=sys.stderr)
+        return 130
+    print(result.table())
+    out = args.out or str(Path(args.json).with_suffix(".png"))
+    try:
+        from mutransfer.report import plot_grid
+
+        plot_grid(result, out)
+        print(f"plot written to {out}")
+    except MutransferError as exc:  # no matplotlib: the JSON holds everything
+        if args.out:
+            raise
+        print(f"no plot: {exc}", file=sys.stderr)
+    return 0
+
+
 class _Progress:
     """One status line on stderr: runs done, elapsed time and an estimate of the time left."""
 
-    def __init__(self, label: str) -> None:
-        self.label, self.start = label, time.monotonic()
+    def __init__(self, label: str, unit: str = "runs") -> None:
+        self.label, self.unit, self.start = label, unit, time.monotonic()
         self.tty = sys.stderr.isatty()
 
-    def __call__(self, done: int, total: int, what: str) -> None:
+    def __call__(self, done: int, total: int, what: str, left: float | None = None) -> None:
+        """``left``: the caller's estimate of the seconds to go; else elapsed time per item."""
         elapsed = time.monotonic() - self.start
-        left = f", ~{elapsed / done * (total - done):.0f}s left" if 0 < done < total else ""
-        line = f"{self.label}: {done}/{total} runs, {elapsed:.1f}s{left} ({what})"
+        if left is None and 0 < done < total:
+            left = elapsed / done * (total - done)
+        eta = f", ~{_duration(left)} left" if left and done < total else ""
+        line = f"{self.label}: {done}/{total} {self.unit}, {_duration(elapsed)}{eta} ({what})"
         if self.tty:  # one line, rewritten in place
             print("\r" + line.ljust(78), end="\n" if done == total else "", file=sys.stderr, flush=True)
         else:  # logs (CI): one line per run
             print(line, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s" if seconds < 10 else f"{secs}s"
 
 
 def _suffixed(path: str, tag: str, count: int) -> Path:
@@ -183,6 +267,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--json", help="save the measurements and verdicts as JSON here")
     c.set_defaults(run=_coord_check)
+
+    g = sub.add_parser(
+        "grid",
+        help="train a width x learning-rate grid and measure how far the best LR moves with width",
+        description="Trains every width at every LR, standard and muP, and reports the optimum per width, "
+        "its drift across widths and the regret of reusing the narrowest width's optimum at the widest. "
+        "Cells are saved as they finish; rerunning the same command resumes.",
+    )
+    g.add_argument("factory", help="module:factory, e.g. mutransfer.models:MLP")
+    g.add_argument("--widths", nargs="+", type=int, default=[128, 256, 512, 1024], help="at least 2 widths")
+    lr = g.add_mutually_exclusive_group()
+    lr.add_argument(
+        "--log2-lrs",
+        nargs="+",
+        type=float,
+        default=list(range(-12, -4)),
+        metavar="K",
+        help="base learning rates 2**K (default: -12 to -5)",
+    )
+    lr.add_argument("--lrs", nargs="+", type=float, help="base learning rates, instead of --log2-lrs")
+    g.add_argument(
+        "--parametrizations", nargs="+", default=["sp", "mup"], choices=list(PARAMETRIZATIONS), metavar="P"
+    )
+    g.add_argument(
+        "--data", default="fashion-mnist", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits"
+    )
+    g.add_argument("--block-size", type=int, default=128, help="sequence length for text data (default 128)")
+    g.add_argument("--steps", type=int, default=300, help="training steps per cell (default 300)")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with linear warmup")
+    g.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="decay after warmup")
+    g.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--seeds", type=int, default=1, help="seeds per cell, losses averaged (default 1)")
+    g.add_argument("--eval-batches", type=int, default=16, help="validation batches per cell (default 16)")
+    g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
+    g.add_argument(
+        "--sp-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="factory keywords for standard cells only",
+    )
+    g.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
+    g.add_argument("--base", type=int, help="base width of the muP plan (default: the narrowest width)")
+    g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--json", default="grid.json", help="results file, saved after every cell (default grid.json)"
+    )
+    g.add_argument("--out", help="the plot (PNG; default: the --json path with .png)")
+    g.set_defaults(run=_grid)
     return parser
 
 

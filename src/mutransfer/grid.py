@@ -1,0 +1,514 @@
+"""Width x learning-rate grid: does the best learning rate stay put as the model widens?
+
+    >>> import mutransfer
+    >>> from mutransfer.models import MLP
+    >>> result = mutransfer.grid(
+    ...     MLP, widths=[64, 128, 256], lrs=[2**k for k in range(-11, -4)],
+    ...     data=mutransfer.data.digits(), shape={"in_features": 64}, steps=100, batch_size=64,
+    ... )
+    >>> print(result.table())                          # doctest: +SKIP
+    >>> result.summary("mup").drift < result.summary("sp").drift   # doctest: +SKIP
+    True
+
+Every cell trains ``make_model(**shape, width=w)`` from the same seed on the same batches with
+learning rate ``lr`` (warmup, then cosine decay) and records its validation loss; a diverged
+cell is recorded with its reason. Per width, the optimal log2 LR is the vertex of the parabola
+through the grid minimum and its two neighbours (the minimum itself at the grid's edge). The
+claim of muTransfer (Tensor Programs V, Figure 1) is measured two ways:
+
+- ``drift``: how far the optimum moves across the widths, max minus min, in log2 units;
+- ``regret``: the relative loss increase at the widest width when it trains with the
+  narrowest width's optimal LR (one extra run) instead of its own best grid LR.
+
+With ``path``, the results are saved after every cell and a rerun with the same protocol
+skips the cells already there, so a killed grid resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mutransfer.data.batches import Batches
+from mutransfer.errors import MutransferError
+from mutransfer.train import LossFn, OptimizerSpec, build, cross_entropy, optimizer_class, train, width_plan
+
+__all__ = ["Cell", "Grid", "Optimum", "Summary", "grid"]
+
+PARAMETRIZATIONS = {"sp": "standard", "mup": "muP"}
+# progress(cells done, cells in all, what runs next, estimated seconds left or None)
+GridProgress = Callable[[int, int, str, float | None], None]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid. ``val_loss`` is ``inf`` when it ``diverged`` (the reason).
+    ``transfer`` marks the extra run at the widest width with the narrowest width's optimum."""
+
+    parametrization: str
+    width: int
+    lr: float
+    seed: int
+    val_loss: float
+    train_loss: float
+    steps: int
+    seconds: float
+    diverged: str = ""
+    transfer: bool = False
+    curve: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def key(self) -> tuple[str, int, float, int, bool]:
+        return (self.parametrization, self.width, self.lr, self.seed, self.transfer)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """The best learning rate at one width. ``method``: ``parabola`` (vertex through the grid
+    minimum and its neighbours), ``edge`` (the minimum is the grid's first or last LR: the true
+    optimum may lie outside), ``argmin`` (the parabola does not open upwards or a neighbour
+    diverged) or ``none`` (every LR diverged)."""
+
+    width: int
+    log2_lr: float
+    loss: float  # the best validation loss on the grid at this width
+    method: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the grid says about one parametrization."""
+
+    parametrization: str
+    optima: tuple[Optimum, ...]
+    drift: float  # max minus min of the optimal log2 LR over the widths
+    transfer_log2_lr: float  # the narrowest width's optimum, reused at the widest
+    transfer_loss: float  # the widest width's validation loss at that LR
+    best_loss: float  # the widest width's best validation loss (grid or transfer run)
+    regret: float  # transfer_loss / best_loss - 1
+
+    @property
+    def shifts(self) -> list[float]:
+        """Each width's optimum minus the narrowest width's, in log2 units."""
+        return [o.log2_lr - self.optima[0].log2_lr for o in self.optima]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells of a width x LR grid and the protocol they were trained under; plain data with a
+    JSON round-trip. Everything else (losses, optima, drift, regret) is computed from cells."""
+
+    protocol: dict[str, Any]
+    widths: tuple[int, ...]
+    lrs: tuple[float, ...]
+    parametrizations: tuple[str, ...]
+    seeds: int
+    cells: tuple[Cell, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not _missing(self)
+
+    def loss(self, parametrization: str, width: int, lr: float, *, transfer: bool = False) -> float:
+        """Validation loss averaged over seeds; ``inf`` if any seed diverged, nan if not run."""
+        values = [
+            c.val_loss
+            for c in self.cells
+            if (c.parametrization, c.width, c.lr, c.transfer) == (parametrization, width, lr, transfer)
+        ]
+        if transfer and not values and lr in self.lrs:  # the optimum fell on a grid point
+            return self.loss(parametrization, width, lr)
+        return sum(values) / len(values) if values else math.nan
+
+    def optimum(self, parametrization: str, width: int) -> Optimum:
+        losses = [self.loss(parametrization, width, lr) for lr in self.lrs]
+        return fit_optimum(width, [math.log2(lr) for lr in self.lrs], losses)
+
+    def summary(self, parametrization: str) -> Summary:
+        optima = tuple(self.optimum(parametrization, w) for w in self.widths)
+        found = [o.log2_lr for o in optima if o.method != "none"]
+        drift = max(found) - min(found) if len(found) == len(optima) else math.nan
+        widest = self.widths[-1]
+        lr = transfer_lr(optima[0])
+        transfer = self.loss(parametrization, widest, lr, transfer=True) if lr else math.nan
+        best = min(optima[-1].loss, transfer) if not math.isnan(transfer) else optima[-1].loss
+        regret = transfer / best - 1 if math.isfinite(best) and not math.isnan(transfer) else math.nan
+        return Summary(
+            parametrization=parametrization,
+            optima=optima,
+            drift=drift,
+            transfer_log2_lr=math.log2(lr) if lr else math.nan,
+            transfer_loss=transfer,
+            best_loss=best,
+            regret=regret,
+        )
+
+    def table(self) -> str:
+        """The loss of every cell (``*`` the best per width), then optimum, drift and regret."""
+        p = self.protocol
+        lines = [
+            f"width x LR grid: {p['factory']} on {p['data']}, {p['steps']} steps of batch {p['batch_size']}, "
+            f"{p['optimizer']}, warmup {p['warmup']:g} then {p['schedule']}; validation loss"
+        ]
+        head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
+        for name in self.parametrizations:
+            s = self.summary(name)
+            rows = [[PARAMETRIZATIONS.get(name, name)] + [""] * len(self.lrs) + [""], head]
+            for o in s.optima:
+                losses = [self.loss(name, o.width, lr) for lr in self.lrs]
+                cells = [_cell_text(v, v == o.loss) for v in losses]
+                rows.append([f"width {o.width}", *cells, _optimum_text(o)])
+            sizes = [max(len(r[i]) for r in rows) for i in range(len(head))]
+            lines.append("")
+            lines += ["  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
+            lines.append(_verdict_text(s, self.widths))
+        edge = sorted(
+            {o.width for n in self.parametrizations for o in self.summary(n).optima if o.method == "edge"}
+        )
+        if edge:
+            lines.append(
+                f"note: at widths {edge} the best LR is at the grid's edge, so the optimum may lie "
+                "outside it. Fix: extend the LR range on that side."
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cells"] = [_jsonable(c) for c in data["cells"]]
+        data["complete"] = self.complete
+        data["summary"] = {n: _jsonable(asdict(self.summary(n))) for n in self.parametrizations}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Grid:
+        cells = tuple(Cell(**_floats(c)) for c in data["cells"])
+        return cls(
+            protocol=dict(data["protocol"]),
+            widths=tuple(data["widths"]),
+            lrs=tuple(data["lrs"]),
+            parametrizations=tuple(data["parametrizations"]),
+            seeds=data["seeds"],
+            cells=cells,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a kill mid-write leaves the previous file whole."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Grid:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise MutransferError(
+                f"{path} is not a grid result file ({exc}). "
+                "Fix: pass another path, or delete it to start over."
+            ) from None
+
+
+def grid(
+    make_model: Callable[..., nn.Module],
+    *,
+    widths: Sequence[int],
+    lrs: Sequence[float],
+    data: Batches,
+    parametrizations: Sequence[str] = ("sp", "mup"),
+    shape: Mapping[str, Any] | None = None,
+    sp_shape: Mapping[str, Any] | None = None,
+    width_key: str = "width",
+    base: int | None = None,
+    steps: int = 300,
+    batch_size: int = 32,
+    warmup: float = 0.1,
+    schedule: str = "cosine",
+    optimizer: OptimizerSpec = "adam",
+    optimizer_family: str | None = None,
+    weight_decay: float = 0.0,
+    init_law: str = "fan_in",
+    zero: Sequence[str] = (),
+    seeds: int = 1,
+    eval_batches: int = 16,
+    loss: LossFn | None = None,
+    path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: GridProgress | None = None,
+) -> Grid:
+    """Train every (parametrization, width, LR, seed) cell, then the transfer runs; return the Grid.
+
+    ``shape`` holds the factory's other keywords; ``sp_shape`` those that differ for the standard
+    model (e.g. ``{"base_d_head": None}``). muP uses the plan from ``base`` (default: the
+    narrowest width, where muP and standard parametrization coincide) with ``init_law`` and
+    ``zero`` as in ``Plan.init_``. ``lrs`` are base learning rates, best spaced evenly in log2.
+    ``path``: save after every cell and resume from it. ``progress`` is told before every cell.
+    """
+    widths = sorted({int(w) for w in widths})
+    lrs = sorted({float(lr) for lr in lrs})
+    if len(widths) < 2:
+        raise MutransferError(
+            f"a grid needs at least 2 widths, got {widths}. Fix: e.g. widths=[128, 256, 512]."
+        )
+    if len(lrs) < 3 or lrs[0] <= 0:
+        raise MutransferError(
+            f"a grid needs at least 3 positive learning rates to locate an optimum, got {lrs}. "
+            "Fix: e.g. lrs=[2**k for k in range(-12, -4)]."
+        )
+    unknown = [p for p in parametrizations if p not in PARAMETRIZATIONS]
+    if unknown or not parametrizations:
+        raise MutransferError(
+            f"parametrizations must be among {list(PARAMETRIZATIONS)}, got {list(parametrizations)}."
+        )
+    if seeds < 1:
+        raise MutransferError(f"seeds must be at least 1, got {seeds}.")
+    optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
+    shape = dict(shape or {})
+    base = widths[0] if base is None else int(base)
+    shapes = {"sp": {**shape, **(sp_shape or {})}, "mup": shape}
+    protocol = {
+        "factory": _name(make_model),
+        "data": getattr(data, "name", type(data).__name__),
+        "data_fingerprint": getattr(data, "fingerprint", ""),
+        "block_size": getattr(data, "block_size", None),
+        "shape": shape,
+        "sp_shape": dict(sp_shape or {}),
+        "width_key": width_key,
+        "base": base,
+        "steps": steps,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "schedule": schedule,
+        "optimizer": _name(optimizer),
+        "weight_decay": weight_decay,
+        "init_law": init_law,
+        "zero": list(zero),
+        "eval_batches": eval_batches,
+        "loss": _name(loss or cross_entropy),
+    }
+    result = Grid(protocol, tuple(widths), tuple(lrs), tuple(parametrizations), seeds)
+    if path is not None and Path(path).exists():
+        result = _resume(Grid.load(path), result, path)
+    run_settings = dict(
+        data=data,
+        steps=steps,
+        batch_size=batch_size,
+        warmup=warmup,
+        schedule=schedule,
+        eval_batches=eval_batches,
+        loss=loss or cross_entropy,
+        device=device,
+    )
+    build_settings = dict(
+        optimizer=optimizer,
+        optimizer_family=optimizer_family,
+        weight_decay=weight_decay,
+        init_law=init_law,
+        zero=zero,
+        device=device,
+    )
+    sizes = {w: _parameter_count(make_model, {**shape, width_key: w}) for w in widths}
+    clock = _Clock(sizes)
+
+    def run(cell: tuple[str, int, float, int, bool]) -> Cell:
+        name, width, lr, seed, transfer = cell
+        plan = width_plan(make_model, shape, width_key, base, width) if name == "mup" else None
+        model, opt = build(
+            make_model, {**shapes[name], width_key: width}, plan=plan, lr=lr, seed=seed, **build_settings
+        )
+        r = train(model, opt, seed=seed, **run_settings)
+        return Cell(
+            name, width, lr, seed, r.val_loss, r.train_loss, r.steps, r.seconds, r.diverged, transfer, r.curve
+        )
+
+    while todo := _missing(result):
+        if progress:
+            # the transfer runs are listed once the narrowest width is done; count them before
+            pending = 0 if todo[-1][4] or result.widths[0] != todo[0][1] else seeds * len(parametrizations)
+            total = len(result.cells) + len(todo) + pending
+            progress(len(result.cells), total, _label(todo[0]), clock.left(todo))
+        cell = run(todo[0])
+        clock.add(cell)
+        result = _with_cell(result, cell)
+        if path is not None:
+            result.save(path)
+    if progress:
+        progress(len(result.cells), len(result.cells), "done", 0.0)
+    return result
+
+
+def fit_optimum(width: int, log2_lrs: Sequence[float], losses: Sequence[float]) -> Optimum:
+    """The parabola's vertex through the grid minimum and its neighbours, kept between them."""
+    finite = [v for v in losses if math.isfinite(v)]
+    if not finite:
+        return Optimum(width, math.nan, math.inf, "none")
+    i = losses.index(min(finite))
+    x, y = log2_lrs, losses
+    if i == 0 or i == len(losses) - 1:
+        return Optimum(width, x[i], y[i], "edge")
+    if not (math.isfinite(y[i - 1]) and math.isfinite(y[i + 1])):
+        return Optimum(width, x[i], y[i], "argmin")
+    # y = a t^2 + b t + c through the three points, t = log2 lr - x[i]
+    t0, t2 = x[i - 1] - x[i], x[i + 1] - x[i]
+    d0, d2 = y[i - 1] - y[i], y[i + 1] - y[i]
+    a = (d2 / t2 - d0 / t0) / (t2 - t0)
+    b = d0 / t0 - a * t0
+    if a <= 0:
+        return Optimum(width, x[i], y[i], "argmin")
+    vertex = min(max(-b / (2 * a), t0), t2)
+    return Optimum(width, x[i] + vertex, y[i], "parabola")
+
+
+def transfer_lr(optimum: Optimum) -> float | None:
+    """The learning rate the transfer run uses: the optimum, rounded to 1/1000 of a log2 unit so
+    that a rerun finds the same cell."""
+    return 2.0 ** round(optimum.log2_lr, 3) if optimum.method != "none" else None
+
+
+# ---- bookkeeping -----------------------------------------------------------------------------
+def _missing(result: Grid) -> list[tuple[str, int, float, int, bool]]:
+    """Cells still to run, narrowest width first; the transfer runs once the narrowest is done."""
+    have = {c.key for c in result.cells}
+    todo = [
+        (name, w, lr, seed, False)
+        for w in result.widths
+        for name in result.parametrizations
+        for lr in result.lrs
+        for seed in range(result.seeds)
+        if (name, w, lr, seed, False) not in have
+    ]
+    narrowest_done = not any(w == result.widths[0] for _, w, _, _, _ in todo)
+    if narrowest_done:
+        for name in result.parametrizations:
+            lr = transfer_lr(result.optimum(name, result.widths[0]))
+            if lr is None or lr in result.lrs:  # diverged everywhere, or a grid cell already measures it
+                continue
+            todo += [
+                (name, result.widths[-1], lr, seed, True)
+                for seed in range(result.seeds)
+                if (name, result.widths[-1], lr, seed, True) not in have
+            ]
+    return todo
+
+
+def _with_cell(result: Grid, cell: Cell) -> Grid:
+    return Grid(
+        result.protocol,
+        result.widths,
+        result.lrs,
+        result.parametrizations,
+        result.seeds,
+        (*result.cells, cell),
+    )
+
+
+def _resume(saved: Grid, fresh: Grid, path: str | os.PathLike) -> Grid:
+    """Keep the saved cells that this grid would train again; refuse a different protocol."""
+    differ = {k: (saved.protocol.get(k), v) for k, v in fresh.protocol.items() if saved.protocol.get(k) != v}
+    if differ:
+        listed = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
+        raise MutransferError(
+            f"{path} holds a grid trained under another protocol ({listed}), so its cells cannot be "
+            "reused. Fix: pass another path, or delete the file to start over."
+        )
+    wanted = {
+        (name, w, lr, seed)
+        for name in fresh.parametrizations
+        for w in fresh.widths
+        for lr in fresh.lrs
+        for seed in range(fresh.seeds)
+    }
+    kept = tuple(
+        c
+        for c in saved.cells
+        if (c.parametrization, c.width, c.lr, c.seed) in wanted
+        or (c.transfer and c.parametrization in fresh.parametrizations and c.width == fresh.widths[-1])
+    )
+    return Grid(fresh.protocol, fresh.widths, fresh.lrs, fresh.parametrizations, fresh.seeds, kept)
+
+
+class _Clock:
+    """Seconds left, from the seconds per parameter measured so far times the parameters to go:
+    wider cells cost more, so counting cells would mislead."""
+
+    def __init__(self, sizes: dict[int, int]) -> None:
+        self.sizes, self.seconds, self.params = sizes, 0.0, 0
+
+    def add(self, cell: Cell) -> None:
+        self.seconds += cell.seconds
+        self.params += self.sizes[cell.width]
+
+    def left(self, todo: Sequence[tuple[str, int, float, int, bool]]) -> float | None:
+        if not self.params:
+            return None
+        return self.seconds / self.params * sum(self.sizes[w] for _, w, _, _, _ in todo)
+
+
+def _parameter_count(make_model: Callable[..., nn.Module], shape: Mapping[str, Any]) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no init
+        return sum(p.numel() for p in make_model(**shape).parameters())
+
+
+def _label(cell: tuple[str, int, float, int, bool]) -> str:
+    name, width, lr, seed, transfer = cell
+    what = "transfer run" if transfer else "cell"
+    return f"{what} {PARAMETRIZATIONS[name]} width {width} lr 2^{math.log2(lr):.3g} seed {seed}"
+
+
+def _name(obj: Any) -> str:
+    if isinstance(obj, str):
+        return obj
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def _jsonable(value: Any) -> Any:
+    """inf and nan as null: strict JSON readers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _floats(cell: Mapping[str, Any]) -> dict[str, Any]:
+    return {**cell, "val_loss": _inf(cell["val_loss"]), "train_loss": _inf(cell["train_loss"])}
+
+
+def _inf(value: float | None) -> float:
+    return math.inf if value is None else value
+
+
+def _cell_text(value: float, best: bool) -> str:
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "div"
+    return f"{value:.4f}{'*' if best else ' '}"
+
+
+def _optimum_text(o: Optimum) -> str:
+    if o.method == "none":
+        return "all diverged"
+    return f"2^{o.log2_lr:.2f} ({o.method})"
+
+
+def _verdict_text(s: Summary, widths: Sequence[int]) -> str:
+    drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
+    text = f"  drift of the optimum over widths {widths[0]}..{widths[-1]}: {drift} log2 units"
+    if not math.isnan(s.regret):
+        text += (
+            f"; width {widths[-1]} at width {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f}: "
+            f"loss {s.transfer_loss:.4f} vs best {s.best_loss:.4f}, regret {100 * s.regret:+.2f}%"
+        )
+    return text

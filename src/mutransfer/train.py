@@ -1,0 +1,221 @@
+"""One training run with a fixed budget: what every grid cell (and every sweep trial) is made of.
+
+    >>> import mutransfer
+    >>> from mutransfer.models import MLP
+    >>> from mutransfer.train import build, train, width_plan
+    >>> data = mutransfer.data.digits()
+    >>> plan = width_plan(MLP, {"in_features": 64}, "width", 64, 256)  # muP from width 64 to 256
+    >>> model, optimizer = build(MLP, {"width": 256, "in_features": 64}, plan=plan, lr=2**-7)
+    >>> run = train(model, optimizer, data, steps=100, batch_size=64)
+    >>> run.diverged, round(run.val_loss, 1) < 2.3
+    ('', True)
+
+Batches come from ``data.batch(step, ...)`` (a pure function of seed and step), so two runs
+that differ only in learning rate see the same examples in the same order and start from the
+same weights: their losses differ by the learning rate, not by luck of the draw.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mutransfer.data.batches import Batches
+from mutransfer.errors import MutransferError
+from mutransfer.scaling.plan import Plan
+from mutransfer.scaling.plan import plan as make_plan
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "Run", "build", "cross_entropy", "evaluate", "train", "width_plan"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerSpec = str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+# name -> (class, the plan's optimizer family, which decides the hidden-layer LR rule)
+OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
+    "adam": (torch.optim.Adam, "adam"),
+    "adamw": (torch.optim.AdamW, "adam"),
+    "sgd": (torch.optim.SGD, "sgd"),
+}
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Classification ``(B, C)`` or next-token prediction ``(B, T, V)``."""
+    return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
+
+
+def optimizer_class(
+    optimizer: OptimizerSpec, family: str | None = None
+) -> tuple[Callable[[list[dict[str, Any]]], torch.optim.Optimizer], str]:
+    """A name from ``OPTIMIZERS`` or a callable taking param groups -> (builder, plan family)."""
+    if callable(optimizer) and not isinstance(optimizer, str):
+        return optimizer, family or "adam"
+    if optimizer not in OPTIMIZERS:
+        raise MutransferError(
+            f"optimizer {optimizer!r} is not known; choose one of {sorted(OPTIMIZERS)} or pass a "
+            "callable that builds an optimizer from param groups."
+        )
+    cls, default_family = OPTIMIZERS[optimizer]
+    return cls, family or default_family
+
+
+def width_plan(
+    make_model: Callable[..., nn.Module], shape: Mapping[str, Any], width_key: str, base: int, width: int
+) -> Plan:
+    """The muP plan from ``base`` to ``width`` with every other keyword held at ``shape``."""
+    base_shape, target = {**shape, width_key: base}, {**shape, width_key: width}
+    probe = {**shape, width_key: 2 * base} if width == base else None  # roles need two widths
+    return make_plan(make_model, base=base_shape, target=target, probe=probe)
+
+
+def build(
+    make_model: Callable[..., nn.Module],
+    shape: Mapping[str, Any],
+    *,
+    plan: Plan | None,
+    lr: float,
+    optimizer: OptimizerSpec = "adam",
+    optimizer_family: str | None = None,
+    weight_decay: float = 0.0,
+    init_law: str = "fan_in",
+    zero: Sequence[str] = (),
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """``make_model(**shape)`` from ``seed`` and its optimizer: muP under ``plan``, else standard
+    parametrization (the model as built, one learning rate and weight decay for every tensor)."""
+    builder, family = optimizer_class(optimizer, optimizer_family)
+    torch.manual_seed(seed)
+    model = make_model(**shape).to(device)
+    if plan is not None:
+        plan.init_(model, init_law=init_law, zero=zero)
+        groups = plan.param_groups(model, lr=lr, weight_decay=weight_decay, optimizer_family=family)
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+    return model, builder(groups)
+
+
+def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:
+    """The multiplier of every group's base LR at ``step``: linear warmup over the first
+    ``warmup`` fraction of the steps, then ``schedule`` down to zero at the last step."""
+    ramp = math.ceil(warmup * steps)
+    if step < ramp:
+        return (step + 1) / ramp
+    if schedule == "constant":
+        return 1.0
+    progress = (step - ramp) / max(1, steps - ramp)
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one training run measured. ``val_loss`` is ``inf`` when training ``diverged`` (the
+    reason, e.g. ``"loss nan at step 40"``; empty when it did not)."""
+
+    val_loss: float
+    train_loss: float  # mean over the last tenth of the steps taken
+    curve: list[float]  # train loss at ``curve_every`` step intervals, for plots
+    curve_every: int
+    steps: int  # steps taken: fewer than asked when it diverged
+    seconds: float
+    diverged: str = ""
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Batches,
+    *,
+    steps: int,
+    batch_size: int,
+    warmup: float = 0.1,
+    schedule: str = "cosine",
+    seed: int = 0,
+    eval_batches: int = 16,
+    loss: LossFn = cross_entropy,
+    device: str | torch.device = "cpu",
+) -> Run:
+    """Train for ``steps`` steps on ``data``'s train split (batch ``i`` at step ``i``) under warmup
+    and ``schedule``, then return the mean loss on ``eval_batches`` validation batches. A
+    non-finite training loss stops the run and is recorded, not raised."""
+    if steps < 1 or batch_size < 1 or eval_batches < 1:
+        raise MutransferError(
+            f"steps, batch_size and eval_batches must be >= 1, got {steps}, {batch_size}, {eval_batches}."
+        )
+    if not 0 <= warmup < 1:
+        raise MutransferError(f"warmup is a fraction of the steps in [0, 1), got {warmup}.")
+    if schedule not in SCHEDULES:
+        raise MutransferError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}.")
+    start = time.perf_counter()
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    every = max(1, steps // 50)
+    losses: list[float] = []
+    model.train()
+    for step in range(steps):
+        factor = lr_factor(step, steps, warmup, schedule)
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * factor
+        x, y = (t.to(device) for t in data.batch(step, batch_size, seed=seed))
+        value = loss(model(x), y)
+        losses.append(value.item())
+        if not math.isfinite(losses[-1]):
+            return _diverged(losses, every, start, f"training loss {losses[-1]} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+    for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = lr
+    val = evaluate(model, data, batches=eval_batches, batch_size=batch_size, loss=loss, device=device)
+    if not math.isfinite(val):
+        return _diverged(losses, every, start, f"validation loss {val} after {steps} steps")
+    tail = losses[-max(1, steps // 10) :]
+    return Run(
+        val_loss=val,
+        train_loss=sum(tail) / len(tail),
+        curve=losses[::every],
+        curve_every=every,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    data: Batches,
+    *,
+    batches: int = 16,
+    batch_size: int = 32,
+    loss: LossFn = cross_entropy,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Mean loss over the first ``batches`` validation batches of seed 0: every run is scored on
+    the same examples."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(batches):
+            x, y = (t.to(device) for t in data.batch(i, batch_size, seed=0, split="val"))
+            total += loss(model(x), y).item()
+    model.train(was_training)
+    return total / batches
+
+
+def _diverged(losses: list[float], every: int, start: float, reason: str) -> Run:
+    return Run(
+        val_loss=math.inf,
+        train_loss=math.inf,
+        curve=[v for v in losses[::every] if math.isfinite(v)],
+        curve_every=every,
+        steps=len(losses),
+        seconds=time.perf_counter() - start,
+        diverged=reason,
+    )

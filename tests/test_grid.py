@@ -1,0 +1,231 @@
+"""The width x LR grid: optimum fitting, drift and regret, resume, divergence, plot and command."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import mutransfer
+from mutransfer.cli import main
+from mutransfer.data import digits, stdlib
+from mutransfer.grid import Grid, fit_optimum
+from mutransfer.models import GPT, MLP
+
+SHAPE = {"in_features": 64}
+LRS = [2.0**k for k in range(-10, -3)]
+SMALL = dict(widths=[32, 64, 128], lrs=LRS, shape=SHAPE, steps=40, batch_size=32, eval_batches=4)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+@pytest.fixture(scope="module")
+def small(data, tmp_path_factory):
+    path = tmp_path_factory.mktemp("grid") / "grid.json"
+    return mutransfer.grid(MLP, data=data, path=path, **SMALL), path
+
+
+def test_parabola_vertex_is_recovered_between_grid_points():
+    xs = [-10, -9, -8, -7, -6]
+    o = fit_optimum(64, xs, [(x + 7.3) ** 2 + 1 for x in xs])
+    assert o.method == "parabola" and o.log2_lr == pytest.approx(-7.3)
+    assert o.loss == pytest.approx(1.09)
+    uneven = [-10, -8, -7.5, -6]
+    assert fit_optimum(64, uneven, [(x + 7.7) ** 2 for x in uneven]).log2_lr == pytest.approx(-7.7)
+
+
+@pytest.mark.parametrize(
+    "losses, method, log2_lr",
+    [
+        ([1.0, 2.0, 3.0], "edge", -3),  # the best LR is the smallest: the optimum may lie below
+        ([3.0, 2.0, 1.0], "edge", -1),
+        ([3.0, 1.0, math.inf], "argmin", -2),  # a diverged neighbour: no parabola
+        ([math.inf, math.inf, math.inf], "none", math.nan),
+    ],
+)
+def test_optimum_falls_back_where_no_parabola_fits(losses, method, log2_lr):
+    o = fit_optimum(8, [-3, -2, -1], losses)
+    assert o.method == method
+    assert (math.isnan(o.log2_lr) and math.isnan(log2_lr)) or o.log2_lr == log2_lr
+
+
+def test_mup_optimum_moves_less_than_standard():
+    """The claim itself, at a size a test can afford: a GPT from width 16 to 64 on stdlib bytes."""
+    text = stdlib(block_size=32)
+    result = mutransfer.grid(
+        GPT,
+        data=text,
+        widths=[16, 32, 64],
+        lrs=[2.0**k for k in range(-10, -3)],
+        shape={"base_d_head": 4, "block_size": 32},
+        sp_shape={"base_d_head": None},
+        steps=60,
+        batch_size=8,
+        eval_batches=4,
+    )
+    sp, mup = result.summary("sp"), result.summary("mup")
+    assert sp.optima[0] == mup.optima[0]  # one model at the base width
+    assert mup.drift + 0.5 < sp.drift, result.table()
+    assert sp.regret >= 0 and mup.regret >= 0
+
+
+def test_regret_comes_from_a_run_at_the_narrowest_optimum(small):
+    result, _ = small
+    assert result.complete
+    for name in result.parametrizations:
+        s = result.summary(name)
+        transfer = [c for c in result.cells if c.transfer and c.parametrization == name]
+        if transfer:  # the optimum fell between grid points: one run measures it at the widest width
+            assert [(c.width, math.log2(c.lr)) for c in transfer] == [(128, s.transfer_log2_lr)]
+            assert s.transfer_loss == transfer[0].val_loss
+        assert s.regret == pytest.approx(s.transfer_loss / s.best_loss - 1)
+        assert s.best_loss <= s.optima[-1].loss
+    assert len(result.cells) == 2 * 3 * len(LRS) + sum(c.transfer for c in result.cells)
+
+
+def test_table_and_json_say_the_same(small):
+    result, path = small
+    saved = json.loads(Path(path).read_text())
+    assert saved["complete"] is True
+    assert saved["summary"]["mup"]["drift"] == pytest.approx(result.summary("mup").drift)
+    assert Grid.load(path) == result
+    text = result.table()
+    assert "drift of the optimum" in text and f"{result.summary('sp').drift:.2f} log2 units" in text
+
+
+def test_a_killed_grid_resumes_without_repeating_a_cell(data, small, tmp_path):
+    full, _ = small
+    path = tmp_path / "grid.json"
+    calls = []
+
+    def stop_after_ten(done, total, what, left):
+        calls.append(what)
+        if done == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mutransfer.grid(MLP, data=data, path=path, progress=stop_after_ten, **SMALL)
+    saved = Grid.load(path)
+    assert len(saved.cells) == 10 and not saved.complete
+    trained = []
+    resumed = mutransfer.grid(
+        MLP, data=data, path=path, progress=lambda d, t, what, left: trained.append(what), **SMALL
+    )
+    assert resumed.cells[:10] == saved.cells  # kept, not retrained
+    assert len(trained) == len(full.cells) - 10 + 1  # one call per remaining cell, then "done"
+    assert len({c.key for c in resumed.cells}) == len(resumed.cells)
+    assert [c.val_loss for c in resumed.cells] == [c.val_loss for c in full.cells]  # deterministic
+
+
+def test_resume_refuses_another_protocol(data, small):
+    _, path = small
+    with pytest.raises(mutransfer.MutransferError, match=r"steps: saved 40, now 41.*another path"):
+        mutransfer.grid(MLP, data=data, path=path, **{**SMALL, "steps": 41})
+
+
+def test_a_wider_lr_range_reuses_the_cells_it_has(data, small, tmp_path):
+    full, path = small
+    copy = tmp_path / "grid.json"
+    copy.write_text(Path(path).read_text())
+    trained = []
+    wider = mutransfer.grid(
+        MLP,
+        data=data,
+        path=copy,
+        progress=lambda d, t, what, left: trained.append(what),
+        **{**SMALL, "lrs": [*LRS, 2.0**-3]},
+    )
+    assert sum(what.startswith("cell") for what in trained) == 2 * 3  # only the new LR, per width
+    assert wider.loss("sp", 64, LRS[2]) == full.loss("sp", 64, LRS[2])
+
+
+def test_diverged_cells_are_recorded(data, tmp_path):
+    result = mutransfer.grid(
+        MLP,
+        data=data,
+        widths=[16, 32],
+        lrs=[1e-2, 1e2, 1e6],
+        shape=SHAPE,
+        optimizer="sgd",
+        steps=30,
+        batch_size=16,
+        eval_batches=1,
+        parametrizations=["sp"],
+        path=tmp_path / "g.json",
+    )
+    diverged = [c for c in result.cells if c.diverged]
+    assert diverged and all(c.val_loss == math.inf for c in diverged)
+    assert "div" in result.table()
+    assert Grid.load(tmp_path / "g.json") == result  # inf is saved as null and read back
+    saved = json.loads((tmp_path / "g.json").read_text())["cells"]
+    assert [c["val_loss"] is None for c in saved] == [c.val_loss == math.inf for c in result.cells]
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"widths": [64]}, "at least 2 widths"),
+        ({"lrs": [1e-3, 1e-2]}, "at least 3 positive learning rates"),
+        ({"parametrizations": ["ntk"]}, "parametrizations"),
+        ({"optimizer": "adagrad"}, "optimizer 'adagrad' is not known"),
+    ],
+)
+def test_bad_input_fails_before_training(data, bad, match):
+    with pytest.raises(mutransfer.MutransferError, match=match):
+        mutransfer.grid(MLP, data=data, **{**SMALL, **bad})
+
+
+def test_a_file_that_is_not_a_grid_is_refused(data, tmp_path):
+    path = tmp_path / "grid.json"
+    path.write_text('{"something": "else"}')
+    with pytest.raises(mutransfer.MutransferError, match="not a grid result file"):
+        mutransfer.grid(MLP, data=data, path=path, **SMALL)
+
+
+def test_plot_shows_both_panels(small, tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib import image
+
+    result, _ = small
+    mutransfer.plot_grid(result, tmp_path / "grid.png")
+    pixels = image.imread(tmp_path / "grid.png")
+    assert pixels.shape[1] > 1.8 * pixels.shape[0]  # two panels side by side
+    assert pixels[..., :3].std() > 0.05  # not blank
+
+
+def test_grid_command_prints_table_writes_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "g.json"
+    argv = ["grid", "mutransfer.models:MLP", "--data", "digits", "--widths", "16", "32", "--log2-lrs"]
+    argv += ["-8", "-7", "-6", "--steps", "5", "--batch-size", "8", "--eval-batches", "1", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "drift of the optimum" in printed.out and "from the data: in_features=64" in printed.err
+    assert out.exists() and out.with_suffix(".png").exists()
+    assert main(argv) == 0  # a rerun finds every cell done
+    assert "1/" not in capsys.readouterr().err.split("done")[0]
+
+
+def test_benchmark_quick_mode_runs(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "transfer.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((tmp_path / "transfer-quick.json").read_text())
+    assert [m["model"] for m in record["models"]] == ["mlp", "gpt"]
+    for m in record["models"]:
+        assert all((tmp_path / plot).exists() for plot in m["plots"])
+        assert list(m["summaries"]) == [
+            "standard",
+            f"muP (base {m['widths'][0]})",
+            f"muP (base {m['widths'][-1]})",
+        ]
+        assert set(m["targets"]) == {"mup_drift", "sp_drift", "mup_regret", "mup_best_vs_sp_best"}
+    assert "| mlp | digits |" in done.stdout
