@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench coord-check clean
+.PHONY: demo test lint bench transfer coord-check grid clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,22 @@ bench: $(VENV)/.installed
 	-$(PY) -m pip install -q pyyaml && $(PY) -m pip install -q --no-deps mup==1.0.0
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/coord_thresholds.py
+	$(PY) benchmarks/transfer.py
+
+# width x LR grids of the reference MLP and GPT, standard vs muP (~17 min on 2 cores; resumes)
+transfer: $(VENV)/.installed
+	$(PY) benchmarks/transfer.py
 
 # the coordinate check of the reference GPT, standard vs muP, as in the README
 coord-check: $(VENV)/.installed
 	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --set base_d_head=8 --compare-sp \
 		--sp-set base_d_head=None --out out/coord.png --json out/coord.json
+
+# the README's width x LR grid of the reference GPT, standard vs muP (~8 min on 2 cores; resumes)
+grid: $(VENV)/.installed
+	$(VENV)/bin/mutransfer grid mutransfer.models:GPT --data shakespeare --widths 32 64 128 256 \
+		--log2-lrs -11 -10 -9 -8 -7 -6 --batch-size 8 --set base_d_head=8 --sp-set base_d_head=None \
+		--json out/gpt-grid.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -229,3 +229,34 @@ def test_benchmark_quick_mode_runs(tmp_path):
         ]
         assert set(m["targets"]) == {"mup_drift", "sp_drift", "mup_regret", "mup_best_vs_sp_best"}
     assert "| mlp | digits |" in done.stdout
+
+
+def test_a_model_that_does_not_fit_the_data_gets_a_clear_error(tmp_path):
+    text = stdlib(block_size=16)
+    with pytest.raises(mutransfer.MutransferError, match="inputs match the data"):
+        mutransfer.grid(MLP, data=text, widths=[8, 16], lrs=[1e-3, 1e-2, 1e-1], steps=2, batch_size=2)
+
+
+def test_ctrl_c_in_the_command_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import mutransfer.cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mutransfer.cli, "grid", interrupted)
+    code = main(["grid", "mutransfer.models:MLP", "--data", "digits", "--json", str(tmp_path / "g.json")])
+    assert code == 130
+    assert "rerun to resume" in capsys.readouterr().err
+
+
+def test_more_seeds_reuse_seed_zero_and_drop_a_stale_transfer_run(data, small, tmp_path):
+    full, path = small
+    copy = tmp_path / "grid.json"
+    copy.write_text(Path(path).read_text())
+    two = mutransfer.grid(MLP, data=data, path=copy, **{**SMALL, "seeds": 2})
+    assert two.complete and len({c.key for c in two.cells}) == len(two.cells)
+    grid_cells = [c for c in full.cells if not c.transfer]
+    assert [c for c in two.cells if c.seed == 0 and not c.transfer] == grid_cells
+    for name in two.parametrizations:  # transfer runs only at the two-seed optimum, for both seeds
+        lrs = {c.lr for c in two.cells if c.transfer and c.parametrization == name}
+        assert lrs <= {2.0 ** two.summary(name).transfer_log2_lr}

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Cells are saved as they finish; rerunning the same command resumes.",
     )
     g.add_argument("factory", help="module:factory, e.g. mutransfer.models:MLP")
-    g.add_argument("--widths", nargs="+", type=int, default=[128, 256, 512, 1024], help="at least 2 widths")
+    g.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256], help="at least 2 widths")
     lr = g.add_mutually_exclusive_group()
     lr.add_argument(
         "--log2-lrs",
@@ -290,9 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--parametrizations", nargs="+", default=["sp", "mup"], choices=list(PARAMETRIZATIONS), metavar="P"
     )
-    g.add_argument(
-        "--data", default="fashion-mnist", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits"
-    )
+    g.add_argument("--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits")
     g.add_argument("--block-size", type=int, default=128, help="sequence length for text data (default 128)")
     g.add_argument("--steps", type=int, default=300, help="training steps per cell (default 300)")
     g.add_argument("--batch-size", type=int, default=32)

@@ -30,7 +30,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +95,6 @@ class Summary:
     best_loss: float  # the widest width's best validation loss (grid or transfer run)
     regret: float  # transfer_loss / best_loss - 1
 
-    @property
-    def shifts(self) -> list[float]:
-        """Each width's optimum minus the narrowest width's, in log2 units."""
-        return [o.log2_lr - self.optima[0].log2_lr for o in self.optima]
-
 
 @dataclass(frozen=True)
 class Grid:
@@ -161,14 +156,15 @@ class Grid:
         head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
         for name in self.parametrizations:
             s = self.summary(name)
-            rows = [[PARAMETRIZATIONS.get(name, name)] + [""] * len(self.lrs) + [""], head]
+            rows = [head]
             for o in s.optima:
                 losses = [self.loss(name, o.width, lr) for lr in self.lrs]
                 cells = [_cell_text(v, v == o.loss) for v in losses]
                 rows.append([f"width {o.width}", *cells, _optimum_text(o)])
             sizes = [max(len(r[i]) for r in rows) for i in range(len(head))]
-            lines.append("")
-            lines += ["  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
+            base = f" (base width {p['base']})" if name == "mup" else ""
+            lines += ["", f"{PARAMETRIZATIONS.get(name, name)}{base}:"]
+            lines += ["  " + "  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
             lines.append(_verdict_text(s, self.widths))
         edge = sorted(
             {o.width for n in self.parametrizations for o in self.summary(n).optima if o.method == "edge"}
@@ -325,7 +321,13 @@ def grid(
         model, opt = build(
             make_model, {**shapes[name], width_key: width}, plan=plan, lr=lr, seed=seed, **build_settings
         )
-        r = train(model, opt, seed=seed, **run_settings)
+        try:
+            r = train(model, opt, seed=seed, **run_settings)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # not divergence: a bug to show
+            raise MutransferError(
+                f"training the {_label(cell)} failed: {type(exc).__name__}: {exc}. The cells done so far "
+                "are saved. Check that the model's inputs match the data (factory keywords in shape=)."
+            ) from exc
         return Cell(
             name, width, lr, seed, r.val_loss, r.train_loss, r.steps, r.seconds, r.diverged, transfer, r.curve
         )
@@ -401,14 +403,7 @@ def _missing(result: Grid) -> list[tuple[str, int, float, int, bool]]:
 
 
 def _with_cell(result: Grid, cell: Cell) -> Grid:
-    return Grid(
-        result.protocol,
-        result.widths,
-        result.lrs,
-        result.parametrizations,
-        result.seeds,
-        (*result.cells, cell),
-    )
+    return replace(result, cells=(*result.cells, cell))
 
 
 def _resume(saved: Grid, fresh: Grid, path: str | os.PathLike) -> Grid:
@@ -427,13 +422,22 @@ def _resume(saved: Grid, fresh: Grid, path: str | os.PathLike) -> Grid:
         for lr in fresh.lrs
         for seed in range(fresh.seeds)
     }
-    kept = tuple(
+    kept = replace(
+        fresh, cells=tuple(c for c in saved.cells if (c.parametrization, c.width, c.lr, c.seed) in wanted)
+    )
+    # a transfer run still counts if the narrowest width is complete and gives the same optimum;
+    # otherwise it is run again once the narrowest width is done
+    pending = {(name, w) for name, w, _, _, transfer in _missing(kept) if not transfer}
+    transfer = tuple(
         c
         for c in saved.cells
-        if (c.parametrization, c.width, c.lr, c.seed) in wanted
-        or (c.transfer and c.parametrization in fresh.parametrizations and c.width == fresh.widths[-1])
+        if c.transfer
+        and c.parametrization in fresh.parametrizations
+        and (c.parametrization, fresh.widths[0]) not in pending
+        and (c.width, c.seed) in {(fresh.widths[-1], s) for s in range(fresh.seeds)}
+        and c.lr == transfer_lr(kept.optimum(c.parametrization, fresh.widths[0]))
     )
-    return Grid(fresh.protocol, fresh.widths, fresh.lrs, fresh.parametrizations, fresh.seeds, kept)
+    return replace(kept, cells=kept.cells + transfer)
 
 
 class _Clock:
@@ -508,7 +512,7 @@ def _verdict_text(s: Summary, widths: Sequence[int]) -> str:
     text = f"  drift of the optimum over widths {widths[0]}..{widths[-1]}: {drift} log2 units"
     if not math.isnan(s.regret):
         text += (
-            f"; width {widths[-1]} at width {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f}: "
-            f"loss {s.transfer_loss:.4f} vs best {s.best_loss:.4f}, regret {100 * s.regret:+.2f}%"
+            f"\n  regret: width {widths[-1]} at width {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "
+            f"reaches {s.transfer_loss:.4f}, its best is {s.best_loss:.4f}: {100 * s.regret:+.2f}%"
         )
     return text

@@ -32,7 +32,18 @@ from mutransfer.errors import MutransferError
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.plan import plan as make_plan
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "Run", "build", "cross_entropy", "evaluate", "train", "width_plan"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "Run",
+    "build",
+    "cross_entropy",
+    "evaluate",
+    "lr_factor",
+    "optimizer_class",
+    "train",
+    "width_plan",
+]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerSpec = str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
