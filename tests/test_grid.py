@@ -175,6 +175,7 @@ def test_diverged_cells_are_recorded(data, tmp_path):
         ({"lrs": [1e-3, 1e-2]}, "at least 3 positive learning rates"),
         ({"parametrizations": ["ntk"]}, "parametrizations"),
         ({"optimizer": "adagrad"}, "optimizer 'adagrad' is not known"),
+        ({"warmup": 1.5}, "warmup is a fraction"),
     ],
 )
 def test_bad_input_fails_before_training(data, bad, match):

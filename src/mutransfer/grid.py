@@ -39,7 +39,16 @@ from torch import nn
 
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError
-from mutransfer.train import LossFn, OptimizerSpec, build, cross_entropy, optimizer_class, train, width_plan
+from mutransfer.train import (
+    LossFn,
+    OptimizerSpec,
+    build,
+    check_budget,
+    cross_entropy,
+    optimizer_class,
+    train,
+    width_plan,
+)
 
 __all__ = ["Cell", "Grid", "Optimum", "Summary", "grid"]
 
@@ -154,8 +163,8 @@ class Grid:
             f"{p['optimizer']}, warmup {p['warmup']:g} then {p['schedule']}; validation loss"
         ]
         head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
-        for name in self.parametrizations:
-            s = self.summary(name)
+        summaries = [self.summary(name) for name in self.parametrizations]
+        for name, s in zip(self.parametrizations, summaries, strict=True):
             rows = [head]
             for o in s.optima:
                 losses = [self.loss(name, o.width, lr) for lr in self.lrs]
@@ -166,9 +175,7 @@ class Grid:
             lines += ["", f"{PARAMETRIZATIONS.get(name, name)}{base}:"]
             lines += ["  " + "  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
             lines.append(_verdict_text(s, self.widths))
-        edge = sorted(
-            {o.width for n in self.parametrizations for o in self.summary(n).optima if o.method == "edge"}
-        )
+        edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
         if edge:
             lines.append(
                 f"note: at widths {edge} the best LR is at the grid's edge, so the optimum may lie "
@@ -268,6 +275,7 @@ def grid(
     if seeds < 1:
         raise MutransferError(f"seeds must be at least 1, got {seeds}.")
     optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
+    check_budget(steps, batch_size, eval_batches, warmup, schedule)
     shape = dict(shape or {})
     base = widths[0] if base is None else int(base)
     shapes = {"sp": {**shape, **(sp_shape or {})}, "mup": shape}
@@ -314,16 +322,21 @@ def grid(
     )
     sizes = {w: _parameter_count(make_model, {**shape, width_key: w}) for w in widths}
     clock = _Clock(sizes)
+    plans = (
+        {w: width_plan(make_model, shape, width_key, base, w) for w in widths}
+        if "mup" in parametrizations
+        else {}
+    )
 
     def run(cell: tuple[str, int, float, int, bool]) -> Cell:
         name, width, lr, seed, transfer = cell
-        plan = width_plan(make_model, shape, width_key, base, width) if name == "mup" else None
+        plan = plans[width] if name == "mup" else None
         model, opt = build(
             make_model, {**shapes[name], width_key: width}, plan=plan, lr=lr, seed=seed, **build_settings
         )
         try:
             r = train(model, opt, seed=seed, **run_settings)
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # not divergence: a bug to show
+        except (RuntimeError, TypeError, IndexError) as exc:  # not divergence: a bug to show
             raise MutransferError(
                 f"training the {_label(cell)} failed: {type(exc).__name__}: {exc}. The cells done so far "
                 "are saved. Check that the model's inputs match the data (factory keywords in shape=)."
@@ -334,9 +347,9 @@ def grid(
 
     while todo := _missing(result):
         if progress:
-            # the transfer runs are listed once the narrowest width is done; count them before
-            pending = 0 if todo[-1][4] or result.widths[0] != todo[0][1] else seeds * len(parametrizations)
-            total = len(result.cells) + len(todo) + pending
+            # the transfer runs are listed once the narrowest width is done: until then, count them
+            narrowest_left = any(w == widths[0] for _, w, _, _, _ in todo)
+            total = len(result.cells) + len(todo) + (seeds * len(parametrizations) if narrowest_left else 0)
             progress(len(result.cells), total, _label(todo[0]), clock.left(todo))
         cell = run(todo[0])
         clock.add(cell)

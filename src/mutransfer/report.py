@@ -179,8 +179,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
 
 def _loss_range(result: Grid) -> tuple[float, float]:
     """Y limits that show the valleys: from just under the lowest loss to a little above the
-    loss every width reaches within two grid steps of its optimum, so a diverged or stalled
-    cell does not flatten the rest."""
+    fifth-lowest loss of every curve, so a diverged or stalled cell does not flatten the rest."""
     losses = [c.val_loss for c in result.cells if math.isfinite(c.val_loss)]
     if not losses:
         return 0.0, 1.0

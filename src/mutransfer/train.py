@@ -37,6 +37,7 @@ __all__ = [
     "SCHEDULES",
     "Run",
     "build",
+    "check_budget",
     "cross_entropy",
     "evaluate",
     "lr_factor",
@@ -126,6 +127,18 @@ def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
 
 
+def check_budget(steps: int, batch_size: int, eval_batches: int, warmup: float, schedule: str) -> None:
+    """Fail on a bad budget before any training, not at the first run."""
+    if steps < 1 or batch_size < 1 or eval_batches < 1:
+        raise MutransferError(
+            f"steps, batch_size and eval_batches must be >= 1, got {steps}, {batch_size}, {eval_batches}."
+        )
+    if not 0 <= warmup < 1:
+        raise MutransferError(f"warmup is a fraction of the steps in [0, 1), got {warmup}.")
+    if schedule not in SCHEDULES:
+        raise MutransferError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}.")
+
+
 @dataclass(frozen=True)
 class Run:
     """What one training run measured. ``val_loss`` is ``inf`` when training ``diverged`` (the
@@ -157,14 +170,7 @@ def train(
     """Train for ``steps`` steps on ``data``'s train split (batch ``i`` at step ``i``) under warmup
     and ``schedule``, then return the mean loss on ``eval_batches`` validation batches. A
     non-finite training loss stops the run and is recorded, not raised."""
-    if steps < 1 or batch_size < 1 or eval_batches < 1:
-        raise MutransferError(
-            f"steps, batch_size and eval_batches must be >= 1, got {steps}, {batch_size}, {eval_batches}."
-        )
-    if not 0 <= warmup < 1:
-        raise MutransferError(f"warmup is a fraction of the steps in [0, 1), got {warmup}.")
-    if schedule not in SCHEDULES:
-        raise MutransferError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}.")
+    check_budget(steps, batch_size, eval_batches, warmup, schedule)
     start = time.perf_counter()
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     every = max(1, steps // 50)
