@@ -30,7 +30,6 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 
@@ -174,15 +173,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _strict(value):
-    """nan and inf as null, for strict JSON readers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_strict(v) for v in value]
-    return value
+def _recorded(checks: dict[str, dict]) -> dict[str, dict]:
+    """The checks with nan/inf measurements as null, for strict JSON readers."""
+    return {
+        k: {**v, "measured": v["measured"] if math.isfinite(v["measured"]) else None}
+        for k, v in checks.items()
+    }
 
 
 def _num(x: float | None, digits: int = 2) -> str:
@@ -225,6 +221,7 @@ def main() -> None:
         main_grid = run(stem, out, args.device, settings)
         wide_base = run(f"{stem}-base{widths[-1]}", out, args.device, settings, ["mup"], widths[-1])
         sp, mup, mup_wide = main_grid.summary("sp"), main_grid.summary("mup"), wide_base.summary("mup")
+        main_summary = main_grid.to_dict()["summary"]
         checks = verdicts(sp, mup)
         for target, v in checks.items():
             print(f"  {target}: {v['measured']:+.3f} ({'met' if v['met'] else 'MISSED'})")
@@ -244,13 +241,13 @@ def main() -> None:
                 "batch_size": settings["batch_size"],
                 "seeds": settings.get("seeds", 1),
                 "seconds_this_run": round(time.monotonic() - t0, 1),
-                "summaries": {
-                    "standard": asdict(sp),
-                    f"muP (base {widths[0]})": asdict(mup),
-                    f"muP (base {widths[-1]})": asdict(mup_wide),
+                "summaries": {  # from to_dict(): nan and inf already null
+                    "standard": main_summary["sp"],
+                    f"muP (base {widths[0]})": main_summary["mup"],
+                    f"muP (base {widths[-1]})": wide_base.to_dict()["summary"]["mup"],
                 },
-                "targets": checks,
-                f"targets_base_{widths[-1]}": also,
+                "targets": _recorded(checks),
+                f"targets_base_{widths[-1]}": _recorded(also),
                 "grids": [f"{stem}.json", f"{stem}-base{widths[-1]}.json"],
                 "plots": [f"{stem}.png", f"{stem}-base{widths[-1]}.png"],
             }
@@ -266,7 +263,7 @@ def main() -> None:
         "seconds_this_run": round(time.monotonic() - start, 1),  # cells resumed from files cost nothing
     }
     summary = out / f"transfer{'-quick' if args.quick else ''}.json"
-    summary.write_text(json.dumps(_strict(record), indent=1))
+    summary.write_text(json.dumps(record, indent=1, allow_nan=False))
     print(markdown(rows))
     print(f"\nresults in {out} ({record['seconds_this_run']:.0f} s)")
 

@@ -214,6 +214,25 @@ def _suffixed(path: str, tag: str, count: int) -> Path:
     return p if count == 1 else p.with_name(f"{p.stem}-{tag}{p.suffix}")
 
 
+def _model_and_data_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """The flags every training command shares: the factory, its keywords, the width and the data."""
+    parser.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
+    parser.add_argument(
+        "--sp-set", nargs="+", default=[], metavar="KEY=VALUE", help="factory keywords for standard runs only"
+    )
+    parser.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
+    parser.add_argument("--base", type=int, help="base width of the muP plan (default: the narrowest width)")
+    parser.add_argument(
+        "--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits"
+    )
+    parser.add_argument(
+        "--block-size", type=int, default=128, help="sequence length for text data (default 128)"
+    )
+    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    parser.add_argument("--device", default="cpu")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mutransfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,32 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit status: 0 when the muP check passes, 1 when a module grows with width, "
         "2 on bad input.",
     )
-    c.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
+    _model_and_data_arguments(c, batch_size=8)
     c.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256], help="at least 3 widths")
     c.add_argument("--steps", type=int, default=4, help="training steps per width (default 4)")
     c.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
     c.add_argument("--lr", type=float, default=3e-3, help="base learning rate (default 3e-3)")
     c.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
-    c.add_argument("--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits")
-    c.add_argument("--block-size", type=int, default=128, help="sequence length for text data (default 128)")
-    c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
-    c.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
-    c.add_argument("--base", type=int, help="base width of the plan (default: the narrowest width)")
     c.add_argument(
         "--compare-sp", action="store_true", help="also run standard parametrization, side by side"
     )
     c.add_argument(
-        "--sp-set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="factory keywords for the standard run only",
-    )
-    c.add_argument(
         "--threshold", type=float, default=GROWTH_THRESHOLD, help="fail above this growth exponent"
     )
-    c.add_argument("--device", default="cpu")
     c.add_argument("--out", help="save the plot (PNG) here")
     c.add_argument(
         "--plot-measure",
@@ -275,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its drift across widths and the regret of reusing the narrowest width's optimum at the widest. "
         "Cells are saved as they finish; rerunning the same command resumes.",
     )
-    g.add_argument("factory", help="module:factory, e.g. mutransfer.models:MLP")
+    _model_and_data_arguments(g, batch_size=32)
     g.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256], help="at least 2 widths")
     lr = g.add_mutually_exclusive_group()
     lr.add_argument(
@@ -290,27 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--parametrizations", nargs="+", default=["sp", "mup"], choices=list(PARAMETRIZATIONS), metavar="P"
     )
-    g.add_argument("--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits")
-    g.add_argument("--block-size", type=int, default=128, help="sequence length for text data (default 128)")
     g.add_argument("--steps", type=int, default=300, help="training steps per cell (default 300)")
-    g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with linear warmup")
     g.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="decay after warmup")
     g.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--seeds", type=int, default=1, help="seeds per cell, losses averaged (default 1)")
     g.add_argument("--eval-batches", type=int, default=16, help="validation batches per cell (default 16)")
-    g.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
-    g.add_argument(
-        "--sp-set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="factory keywords for standard cells only",
-    )
-    g.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
-    g.add_argument("--base", type=int, help="base width of the muP plan (default: the narrowest width)")
-    g.add_argument("--device", default="cpu")
     g.add_argument(
         "--json", default="grid.json", help="results file, saved after every cell (default grid.json)"
     )

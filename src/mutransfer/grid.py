@@ -50,7 +50,7 @@ from mutransfer.train import (
     width_plan,
 )
 
-__all__ = ["Cell", "Grid", "Optimum", "Summary", "grid"]
+__all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "grid", "transfer_lr"]
 
 PARAMETRIZATIONS = {"sp": "standard", "mup": "muP"}
 # progress(cells done, cells in all, what runs next, estimated seconds left or None)
