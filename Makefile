@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench transfer coord-check grid clean
+.PHONY: demo test lint bench transfer pruning sweep coord-check grid clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/coord_thresholds.py
 	$(PY) benchmarks/transfer.py
+	$(PY) benchmarks/pruning.py
 
 # width x LR grids of the reference MLP and GPT, standard vs muP (~17 min on 2 cores; resumes)
 transfer: $(VENV)/.installed
@@ -48,6 +49,16 @@ grid: $(VENV)/.installed
 	$(VENV)/bin/mutransfer grid mutransfer.models:GPT --data shakespeare --widths 32 64 128 256 \
 		--log2-lrs -11 -10 -9 -8 -7 -6 --batch-size 8 --set base_d_head=8 --sp-set base_d_head=None \
 		--json out/gpt-grid.json
+
+# successive halving vs the full grid on the reference MLP (~6 min on 2 cores)
+pruning: $(VENV)/.installed
+	$(PY) benchmarks/pruning.py
+
+# the README's proxy sweep and transfer of the reference MLP, into out/
+sweep: $(VENV)/.installed
+	$(VENV)/bin/mutransfer sweep examples/sweep-mlp.toml --workers 2 --storage out/sweep-mlp.journal
+	$(VENV)/bin/mutransfer transfer examples/sweep-mlp.toml --storage out/sweep-mlp.journal \
+		--out out/sweep-mlp-target.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

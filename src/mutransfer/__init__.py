@@ -6,6 +6,8 @@ plan.init_(model)
 optimizer = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
 result = mutransfer.coord_check(make_model, widths=[64, 128, 256, 512], data=mutransfer.data.stdlib())
 grid = mutransfer.grid(make_model, widths=[64, 256, 1024], lrs=[2**k for k in range(-12, -4)], data=...)
+mutransfer.sweep(mutransfer.load_config("sweep.toml"), workers=2)   # tune the proxy (Optuna)
+target = mutransfer.transfer(config); target.save("target.json")     # its settings at full size
 """
 
 from mutransfer import data, models, testing  # noqa: F401  (subpackages: mutransfer.data.stdlib())
@@ -23,6 +25,8 @@ from mutransfer.scaling import (
     plan,
     plan_from_model,
 )
+from mutransfer.sweep import ProxyRun, Range, SweepConfig, load_config, sweep
+from mutransfer.transfer import Transfer, load_transfer, transfer
 
 __all__ = [
     "AttentionLogits",
@@ -31,14 +35,22 @@ __all__ = [
     "MutransferError",
     "ParamRole",
     "Plan",
+    "ProxyRun",
+    "Range",
     "Role",
+    "SweepConfig",
+    "Transfer",
     "attention_scale",
     "coord_check",
     "grid",
+    "load_config",
     "load_plan",
+    "load_transfer",
     "plan",
     "plan_from_model",
     "plot_coord_check",
     "plot_grid",
+    "sweep",
+    "transfer",
 ]
 __version__ = "0.1.0"

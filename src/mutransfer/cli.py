@@ -3,6 +3,8 @@
 mutransfer plan mutransfer.models:GPT --base width=64 --target width=1024 --out plan.json
 mutransfer coord-check mutransfer.models:GPT --widths 32 64 128 256 --set base_d_head=8 --out coord.png
 mutransfer grid mutransfer.models:MLP --data fashion-mnist --widths 128 256 512 1024 --json grid.json
+mutransfer sweep examples/sweep-mlp.toml --workers 2
+mutransfer transfer examples/sweep-mlp.toml --out target.json
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
-import inspect
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
-from mutransfer.data import Batches, TokenData
+from mutransfer.data import Batches, TokenData, factory_keywords
 from mutransfer.data import load as load_data
 from mutransfer.errors import MutransferError
 from mutransfer.grid import PARAMETRIZATIONS, Grid, grid
@@ -70,20 +71,8 @@ def _load_data(args: argparse.Namespace, make_model: Callable) -> tuple[Batches,
     data = load_data(args.data)
     if isinstance(data, TokenData):
         data = data.with_block_size(args.block_size)
-        implied = {"block_size": data.block_size, "vocab_size": data.vocab_size}
-    else:
-        implied = {
-            "in_features": data.in_features,
-            "in_channels": data.in_channels,
-            "out_features": data.num_classes,
-            "num_classes": data.num_classes,
-        }
-    try:
-        accepted = inspect.signature(make_model).parameters
-    except (TypeError, ValueError):  # no signature to read: the user sets everything
-        accepted = {}
     shape = parse_shape(args.set)
-    filled = {k: v for k, v in implied.items() if k in accepted and k not in shape}
+    filled = {k: v for k, v in factory_keywords(data, make_model).items() if k not in shape}
     if filled:
         print(f"from the data: {' '.join(f'{k}={v}' for k, v in filled.items())}", file=sys.stderr)
     return data, {**filled, **shape}
@@ -180,6 +169,99 @@ def _grid(args: argparse.Namespace) -> int:
         if args.out:
             raise
         print(f"no plot: {exc}", file=sys.stderr)
+    return 0
+
+
+def _config(args: argparse.Namespace):
+    from mutransfer.sweep import load_config
+
+    overrides = {k: getattr(args, k, None) for k in ("storage", "study", "trials", "device")}
+    return load_config(args.config, **overrides)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from mutransfer.sweep.runner import leaderboard, open_study, sweep
+    from mutransfer.sweep.storage import redact
+
+    config = _config(args)
+    print(
+        f"sweep {config.study!r}: trials are saved in {redact(config.storage_url)} as they finish; "
+        "rerun the same command to resume",
+        file=sys.stderr,
+    )
+    start = time.monotonic()
+
+    def progress(status) -> None:
+        elapsed = time.monotonic() - start
+        left = ""
+        if 0 < status.finished < status.trials:
+            left = f", ~{_duration(elapsed / status.finished * (status.trials - status.finished))} left"
+        print(f"sweep: {status.line()} [{_duration(elapsed)}{left}]", file=sys.stderr, flush=True)
+
+    try:
+        result = sweep(config, workers=args.workers, progress=progress)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished trials are saved in {redact(config.storage_url)}, the one in "
+            "flight is queued again; rerun to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    print(leaderboard(open_study(config)))
+    print(f"{result.line()}\nnext: mutransfer transfer {args.config}")
+    return 0 if result.best_number is not None else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from mutransfer.sweep.runner import run_worker
+
+    config = _config(args)
+    from mutransfer.sweep.storage import redact
+
+    print(f"worker joined study {config.study!r} in {redact(config.storage_url)}", file=sys.stderr)
+    try:
+        result = run_worker(config, progress=lambda s: print(f"worker: {s.line()}", file=sys.stderr))
+    except KeyboardInterrupt:
+        print("\ninterrupted: the trial in flight is queued again.", file=sys.stderr)
+        return 130
+    print(result.line())
+    return 0
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from mutransfer.transfer import transfer
+
+    config = _config(args)
+    result = transfer(config, parametrization=args.parametrization)
+    print(result.summary())
+    out = args.out or f"{config.study}-target.json"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result.save(out)
+    print(f"target settings written to {out}; in Python: mutransfer.load_transfer({out!r})")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from mutransfer.sweep.storage import redact
+
+    config = _config(args)
+    print(f"{args.config}: ok (study {config.study!r}, storage {redact(config.storage_url)})")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise MutransferError("the dashboard needs optuna-dashboard: pip install optuna-dashboard") from None
+    from mutransfer.sweep.storage import open_storage, redact
+
+    config = _config(args)
+    print(
+        f"serving {redact(config.storage_url)} on http://127.0.0.1:{args.port} (Ctrl-C stops)",
+        file=sys.stderr,
+    )
+    optuna_dashboard.run_server(open_storage(config.storage_url, config.heartbeat), port=args.port)
     return 0
 
 
@@ -307,6 +389,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", help="the plot (PNG; default: the --json path with .png)")
     g.set_defaults(run=_grid)
+
+    def config_command(name: str, run: Callable, help: str, description: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description or help)
+        p.add_argument(
+            "config", help="the experiment (TOML, or YAML with PyYAML); see examples/sweep-mlp.toml"
+        )
+        p.add_argument(
+            "--storage", help="journal file path or postgresql://user@host/db (overrides the config)"
+        )
+        p.add_argument("--study", help="study name (default: the config file's name)")
+        p.set_defaults(run=run)
+        return p
+
+    s = config_command(
+        "sweep",
+        _sweep,
+        "tune hyperparameters on the proxy with Optuna; resumable",
+        "Runs the config's search on the proxy model until it has its budget of finished trials. Trials "
+        "are saved as they finish; a rerun resumes, and a dead worker's trial is queued again.",
+    )
+    s.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    s.add_argument("--trials", type=int, help="finished trials wanted (overrides the config)")
+    s.add_argument("--device", help="cpu, cuda, ... (overrides the config)")
+    w = config_command(
+        "worker", _worker, "join a running sweep (e.g. from another machine, with --storage postgresql://...)"
+    )
+    w.add_argument("--device", help="cpu, cuda, ... (overrides the config)")
+    t = config_command(
+        "transfer",
+        _transfer,
+        "write the target's training settings from the proxy's best trial, with the tuning cost",
+    )
+    t.add_argument("--out", help="where to write them (default: STUDY-target.json)")
+    t.add_argument(
+        "--parametrization",
+        choices=["mup", "sp"],
+        help="sp copies the values without muP scaling, for comparison (default: the config's)",
+    )
+    config_command("validate", _validate, "check a config file and report every problem")
+    d = config_command("dashboard", _dashboard, "open optuna-dashboard on the study (when installed)")
+    d.add_argument("--port", type=int, default=8080)
     return parser
 
 

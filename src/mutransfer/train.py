@@ -42,6 +42,7 @@ __all__ = [
     "evaluate",
     "lr_factor",
     "optimizer_class",
+    "role_multipliers",
     "train",
     "width_plan",
 ]
@@ -78,6 +79,24 @@ def optimizer_class(
     return cls, family or default_family
 
 
+def role_multipliers(
+    init_scale: float = 1.0, input_mult: float = 1.0, output_mult: float = 1.0, family: str = "adam"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The tuned multipliers as (init factor, LR factor) per role, for ``Plan.init_`` and
+    ``Plan.param_groups``.
+
+    ``init_scale`` multiplies the init of every matrix (input, hidden, output). A forward
+    multiplier ``a`` on the readout (logits = a * W x) is absorbed into ``W``: init times ``a``
+    and LR times ``a`` for Adam-like optimizers (their step size ignores the gradient's scale)
+    or ``a**2`` for SGD; ``input_mult`` does the same for input tensors (embeddings). The
+    forward pass stays untouched, so checkpoints and compiled graphs need nothing extra.
+    """
+    power = 2 if family == "sgd" else 1
+    init = {"input": init_scale * input_mult, "hidden": init_scale, "output": init_scale * output_mult}
+    lr = {"input": input_mult**power, "output": output_mult**power}
+    return {k: v for k, v in init.items() if v != 1.0}, {k: v for k, v in lr.items() if v != 1.0}
+
+
 def width_plan(
     make_model: Callable[..., nn.Module], shape: Mapping[str, Any], width_key: str, base: int, width: int
 ) -> Plan:
@@ -98,17 +117,30 @@ def build(
     weight_decay: float = 0.0,
     init_law: str = "fan_in",
     zero: Sequence[str] = (),
+    init_scale: float = 1.0,
+    input_mult: float = 1.0,
+    output_mult: float = 1.0,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """``make_model(**shape)`` from ``seed`` and its optimizer: muP under ``plan``, else standard
-    parametrization (the model as built, one learning rate and weight decay for every tensor)."""
+    parametrization (the model as built, one learning rate and weight decay for every tensor).
+    The tuned multipliers (see ``role_multipliers``) need a plan to know the roles; a plan at
+    the model's own shape (``width_plan`` with ``base == width``) is standard parametrization."""
     builder, family = optimizer_class(optimizer, optimizer_family)
     torch.manual_seed(seed)
     model = make_model(**shape).to(device)
+    init, lr_scale = role_multipliers(init_scale, input_mult, output_mult, family)
     if plan is not None:
-        plan.init_(model, init_law=init_law, zero=zero)
-        groups = plan.param_groups(model, lr=lr, weight_decay=weight_decay, optimizer_family=family)
+        plan.init_(model, init_law=init_law, zero=zero, scale=init)
+        groups = plan.param_groups(
+            model, lr=lr, weight_decay=weight_decay, optimizer_family=family, lr_scale=lr_scale
+        )
+    elif init or lr_scale:
+        raise MutransferError(
+            "init_scale, input_mult and output_mult need the parameters' roles: pass a plan "
+            "(for standard parametrization, a plan at the model's own shape)."
+        )
     else:
         params = [p for p in model.parameters() if p.requires_grad]
         groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
@@ -166,10 +198,12 @@ def train(
     eval_batches: int = 16,
     loss: LossFn = cross_entropy,
     device: str | torch.device = "cpu",
+    on_step: Callable[[int, float], None] | None = None,
 ) -> Run:
     """Train for ``steps`` steps on ``data``'s train split (batch ``i`` at step ``i``) under warmup
     and ``schedule``, then return the mean loss on ``eval_batches`` validation batches. A
-    non-finite training loss stops the run and is recorded, not raised."""
+    non-finite training loss stops the run and is recorded, not raised. ``on_step(step,
+    loss)`` sees every finite training loss; it may raise to stop the run (a pruner does)."""
     check_budget(steps, batch_size, eval_batches, warmup, schedule)
     start = time.perf_counter()
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -185,6 +219,8 @@ def train(
         losses.append(value.item())
         if not math.isfinite(losses[-1]):
             return _diverged(losses, every, start, f"training loss {losses[-1]} at step {step}")
+        if on_step is not None:
+            on_step(step, losses[-1])
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         optimizer.step()

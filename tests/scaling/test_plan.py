@@ -97,6 +97,21 @@ def test_zero_patterns():
         plan.init_(tiny_gpt()(width=64), zero=["q_proj"])
 
 
+def test_role_scales_multiply_init_and_lr_on_top_of_mup():
+    plan = mutransfer.plan(MLP, base={"width": 32}, target={"width": 128})
+    torch.manual_seed(0)
+    plain = plan.init_(MLP(width=128))
+    torch.manual_seed(0)
+    scaled = plan.init_(MLP(width=128), scale={"output": 0.5, "hidden": 2.0})
+    assert torch.equal(scaled.readout.weight, 0.5 * plain.readout.weight)
+    assert torch.equal(scaled.hidden[0].weight, 2.0 * plain.hidden[0].weight)
+    assert torch.equal(scaled.input.weight, plain.input.weight)
+    lrs = {tuple(g["roles"]): g["lr"] for g in plan.param_groups(scaled, lr=1.0, lr_scale={"output": 3.0})}
+    assert lrs[("output",)] == pytest.approx(3.0 / 4) and lrs[("hidden",)] == pytest.approx(1 / 4)
+    with pytest.raises(MutransferError, match=r"lr_scale has unknown roles \['readout'\]"):
+        plan.param_groups(scaled, lr=1.0, lr_scale={"readout": 2.0})
+
+
 def test_init_twice_is_an_error_not_double_scaling():
     plan = mutransfer.plan(MLP, base={"width": 32}, target={"width": 128})
     model = plan.init_(MLP(width=128))

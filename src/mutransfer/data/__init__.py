@@ -9,7 +9,7 @@ is ever downloaded. Each carries a ``fingerprint`` of its contents for run recor
 
 from mutransfer.data.batches import Batches, ImageData, TokenData
 from mutransfer.data.images import digits, fashion_mnist, mnist_5k
-from mutransfer.data.sources import SOURCES, load
+from mutransfer.data.sources import SOURCES, factory_keywords, load
 from mutransfer.data.text import shakespeare, stdlib
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ImageData",
     "TokenData",
     "digits",
+    "factory_keywords",
     "fashion_mnist",
     "load",
     "mnist_5k",

@@ -9,12 +9,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from mutransfer.data.batches import Batches
+from mutransfer.data.batches import Batches, TokenData
 from mutransfer.data.images import digits, fashion_mnist, mnist_5k
 from mutransfer.data.text import shakespeare, stdlib
 from mutransfer.errors import MutransferError
 
-__all__ = ["SOURCES", "load"]
+__all__ = ["SOURCES", "factory_keywords", "load"]
 
 SOURCES: dict[str, Callable[..., Batches]] = {
     "stdlib": stdlib,
@@ -40,3 +40,22 @@ def load(name: str, **kwargs: Any) -> Batches:
             f"data source {key!r} got options {sorted(kwargs)}; it accepts: {accepted}."
         ) from None
     return loader(**kwargs)
+
+
+def factory_keywords(data: Batches, make_model: Callable[..., Any]) -> dict[str, Any]:
+    """The model keywords the data decides (input size, classes, vocabulary, context length),
+    limited to those ``make_model`` accepts, so a config need not repeat them."""
+    if isinstance(data, TokenData):
+        implied = {"block_size": data.block_size, "vocab_size": data.vocab_size}
+    else:
+        implied = {
+            "in_features": data.in_features,
+            "in_channels": data.in_channels,
+            "out_features": data.num_classes,
+            "num_classes": data.num_classes,
+        }
+    try:
+        accepted = inspect.signature(make_model).parameters
+    except (TypeError, ValueError):  # no signature to read: the user sets everything
+        return {}
+    return {k: v for k, v in implied.items() if k in accepted}

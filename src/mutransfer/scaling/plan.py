@@ -17,7 +17,7 @@ import fnmatch
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -85,6 +85,7 @@ class Plan:
         *,
         init_law: InitLaw = "fan_in",
         zero: Sequence[str] = (),
+        scale: Mapping[str, float] | None = None,
     ) -> nn.Module:
         """Rescale a freshly initialised target model to muP init, then ``attach_`` it.
 
@@ -98,11 +99,14 @@ class Plan:
 
         Vectors and input-like tensors keep your init. ``zero`` lists name patterns
         (``fnmatch``) to set to zero, e.g. ``["lm_head.weight", "*.q_proj.weight"]``: muP's
-        recommended readout and query init. Call it once, on a fresh model, never after
-        loading a checkpoint (a second call is an error).
+        recommended readout and query init. ``scale`` multiplies the init of every tensor of
+        a role, e.g. ``{"output": 0.5}``: tuned constants that muP carries unchanged to every
+        width. Call it once, on a fresh model, never after loading a checkpoint (a second call
+        is an error).
         """
         if init_law not in ("fan_in", "constant"):
             raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
+        role_scale = _role_factors(scale, "scale")
         tensors = self._tensors(model)
         root = unwrap(model)
         if getattr(root, _INITIALISED, False) or (self.tied_readouts and readout_hooks(model)):
@@ -118,7 +122,7 @@ class Plan:
                 if any(n in zeroed for n in p.names):
                     t.zero_()
                     continue
-                factor = init_multiplier(p)
+                factor = init_multiplier(p) * role_scale.get(p.role.value, 1.0)
                 if init_law == "fan_in" and p.role in (Role.HIDDEN, Role.OUTPUT):
                     factor *= p.m_in**0.5  # the user's init already shrank by 1/sqrt(m_in)
                 if factor != 1.0:
@@ -157,6 +161,7 @@ class Plan:
         optimizer_family: str = "adam",
         independent_weight_decay: bool = True,
         decay_vectors: bool = True,
+        lr_scale: Mapping[str, float] | None = None,
     ) -> list[dict[str, Any]]:
         """Param groups for any ``torch.optim`` optimizer: one group per distinct multiplier set.
 
@@ -166,8 +171,10 @@ class Plan:
         multiplied by k gets weight decay divided by k, so the decay per step (lr * wd) is the
         same at every width; without it the decay per step follows the group's lr.
         ``decay_vectors=False`` puts biases and norm gains in groups without weight decay.
-        Only parameters with ``requires_grad`` are included.
+        ``lr_scale`` multiplies the LR of every tensor of a role (``{"output": 2.0}``), on top
+        of muP's factor. Only parameters with ``requires_grad`` are included.
         """
+        role_lr = _role_factors(lr_scale, "lr_scale")
         tensors = self._tensors(model)
         grouped: dict[tuple, dict[str, Any]] = {}
         for p in self.params:
@@ -175,6 +182,8 @@ class Plan:
             if not t.requires_grad:
                 continue
             mult = multipliers(p, self.width_multiplier, optimizer_family)
+            if p.role.value in role_lr:
+                mult = replace(mult, lr=mult.lr * role_lr[p.role.value])
             wd = weight_decay if (decay_vectors or p.role is not Role.VECTOR) else 0.0
             if independent_weight_decay:
                 wd = wd / mult.lr
@@ -423,6 +432,15 @@ def _match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set
             )
         matched |= hits
     return matched
+
+
+def _role_factors(factors: Mapping[str, float] | None, what: str) -> dict[str, float]:
+    """Per-role factors, keyed by role name, checked against the roles that exist."""
+    factors = dict(factors or {})
+    unknown = sorted(set(factors) - {r.value for r in Role})
+    if unknown:
+        raise MutransferError(f"{what} has unknown roles {unknown}; the roles are {[r.value for r in Role]}.")
+    return factors
 
 
 def _shape(s: tuple[int, ...]) -> str:

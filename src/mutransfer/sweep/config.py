@@ -1,0 +1,300 @@
+"""One description of a muTransfer experiment: what to build, how to train it, what to search.
+
+    # sweep.toml
+    factory = "mutransfer.models:MLP"
+    data = "digits"
+    proxy = { width = 64 }
+    target = { width = 1024 }
+    steps = 200
+    trials = 24
+
+    [space]
+    lr = { low = 1e-4, high = 0.1, log = true }
+    output_mult = { low = 0.25, high = 4.0, log = true }
+    warmup = 0.1
+
+The same in Python: ``SweepConfig(factory=MLP, data="digits", proxy={"width": 64}, ...,
+space={"lr": Range(1e-4, 0.1, log=True), ...})``. Every key of the file is a field here;
+validation reports every problem at once, each naming its key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+from mutransfer.errors import MutransferError
+from mutransfer.sweep.space import Range, Value, grid_points, parse_space
+from mutransfer.train import OPTIMIZERS, SCHEDULES
+
+__all__ = ["HPARAMS", "METRICS", "PARAMETRIZATIONS", "ConfigError", "SweepConfig", "load_config", "resolve"]
+
+# What the built-in trainer understands in [space]; any factory keyword may be searched too.
+HPARAMS = {
+    "lr": "base learning rate (muP scales it per layer)",
+    "init_scale": "multiplies the init of every weight matrix",
+    "input_mult": "forward multiplier on the input layer / embeddings (absorbed into init and LR)",
+    "output_mult": "forward multiplier on the readout (absorbed into init and LR)",
+    "weight_decay": "weight decay, per step independent of width",
+    "warmup": "fraction of the steps with linear warmup",
+}
+METRICS = ("val_loss", "train_loss")
+PARAMETRIZATIONS = ("mup", "sp")
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("halving", "none")
+
+
+class ConfigError(MutransferError):
+    """Every problem found in a config, each naming its key."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        where = f" {source}" if source else ""
+        super().__init__(f"bad sweep config{where}:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig:
+    """A proxy sweep and its transfer target. Shapes are keyword arguments of ``factory``."""
+
+    factory: str | Callable[..., Any]
+    """The model factory, ``"package.module:name"`` or a callable: ``factory(**shape)``."""
+    proxy: Mapping[str, Any]
+    """Keywords of the small model that is tuned, e.g. ``{"width": 64}``."""
+    target: Mapping[str, Any]
+    """Keywords of the full-size model the hyperparameters go to, e.g. ``{"width": 1024}``."""
+    base: Mapping[str, Any] | None = None
+    """Where muP equals standard parametrization (default: the proxy)."""
+    shape: Mapping[str, Any] = field(default_factory=dict)
+    """Keywords shared by base, proxy and target (depth, heads, ...)."""
+    parametrization: str = "mup"
+    """``"mup"`` scales the tuned values to the target; ``"sp"`` copies them unchanged."""
+    data: str | None = None
+    """A built-in offline source (stdlib, shakespeare, fashion-mnist, mnist-5k, digits); the
+    built-in trainer needs one, your own training function may do without."""
+    block_size: int = 128
+    """Sequence length for text data."""
+    train: str | Callable[..., float] | None = None
+    """Your training function (``"module:name"``), called with a ``ProxyRun``; default: built-in."""
+    metric: str = "val_loss"
+    """What the built-in trainer minimises: ``val_loss`` or ``train_loss``."""
+    steps: int = 300
+    """Training steps per proxy trial."""
+    batch_size: int = 32
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    eval_batches: int = 16
+    init_law: str = "fan_in"
+    """How the factory's own init scales with width: ``fan_in`` (PyTorch default) or ``constant``."""
+    zero: tuple[str, ...] = ()
+    """Parameter name patterns initialised to zero (e.g. the readout)."""
+    seed: int = 0
+    """Seed of the model init and the batches, the same for every trial."""
+    space: Mapping[str, Any] = field(default_factory=lambda: {"lr": Range(1e-4, 1e-1, log=True)})
+    """Searched and fixed hyperparameters (see ``mutransfer.sweep.space``)."""
+    sampler: str = "tpe"
+    """``tpe`` (default), ``random``, or ``grid`` (every combination, once)."""
+    trials: int = 20
+    """Finished trials wanted (ignored by grid search, which runs the whole grid)."""
+    pruner: str = "halving"
+    """``halving``: successive halving among trials of the same proxy shape; ``none``."""
+    min_steps: int | None = None
+    """First rung of successive halving (default: steps / reduction, one cut before the end)."""
+    reduction: int = 3
+    """Keep the best 1/reduction of trials at each rung."""
+    study: str = "sweep"
+    """Name of the study in the storage."""
+    storage: str | None = None
+    """A journal file path (default ``<study>.journal``), or ``postgresql://user@host/db``."""
+    heartbeat: int = 10
+    """Seconds between heartbeats with SQL storage; a trial silent for 3 beats is re-queued."""
+    target_steps: int | None = None
+    """Steps of one target training run, for the cost report (default: ``steps``)."""
+    target_batch_size: int | None = None
+    """Batch size of the target run, for the cost report (default: ``batch_size``)."""
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems)
+        # one form whichever way it was written: a file's {low, high} tables become Ranges
+        object.__setattr__(self, "space", parse_space(self.space)[0])
+        object.__setattr__(self, "zero", tuple(self.zero))
+
+    def problems(self) -> list[str]:
+        """Every problem with this config, each naming its key; empty when it is valid."""
+        found: list[str] = []
+        for key in ("proxy", "target", "shape") + (("base",) if self.base is not None else ()):
+            if not isinstance(getattr(self, key), Mapping):
+                found.append(f"{key}: must be a table of factory keywords, e.g. {{ width = 64 }}")
+        if not self.factory:
+            found.append('factory: required, e.g. factory = "mutransfer.models:MLP"')
+        for key, choices in (
+            ("parametrization", PARAMETRIZATIONS),
+            ("metric", METRICS),
+            ("optimizer", tuple(OPTIMIZERS)),
+            ("schedule", SCHEDULES),
+            ("sampler", SAMPLERS),
+            ("pruner", PRUNERS),
+            ("init_law", ("fan_in", "constant")),
+        ):
+            if getattr(self, key) not in choices:
+                found.append(f"{key}: {getattr(self, key)!r} is not one of {list(choices)}")
+        for key in ("steps", "batch_size", "eval_batches", "trials", "block_size", "heartbeat"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                found.append(f"{key}: must be an int >= 1, got {value!r}")
+        for key in ("min_steps", "target_steps", "target_batch_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                found.append(f"{key}: must be an int >= 1, got {value!r}")
+        if isinstance(self.reduction, bool) or not isinstance(self.reduction, int) or self.reduction < 2:
+            found.append(f"reduction: must be an int >= 2, got {self.reduction!r}")
+        if not isinstance(self.space, Mapping) or not self.space:
+            found.append(
+                "space: needs at least one hyperparameter, e.g. lr = {low = 1e-4, high = 0.1, log = true}"
+            )
+            return found
+        space, space_problems = parse_space(self.space)
+        found += space_problems
+        if self.train is None:
+            found += _unknown_hparams(space, self.factory)
+            if self.data is None:
+                found.append('data: the built-in trainer needs a data source, e.g. data = "digits"')
+        if "lr" not in space:
+            found.append("space.lr: required (a range, a list or a fixed value)")
+        if self.sampler == "grid" and not space_problems:
+            try:
+                grid_points(space)
+            except MutransferError as exc:
+                found.append(str(exc))
+        if not any(isinstance(v, Range | list) for v in space.values()):
+            found.append("space: nothing to search (every value is fixed); give a range or a list of choices")
+        found += _storage_problems(self.storage)
+        return found
+
+    @property
+    def parsed_space(self) -> dict[str, Range | list[Value] | Value]:
+        return parse_space(self.space)[0]
+
+    @property
+    def storage_url(self) -> str:
+        """Where results live: the storage URL or journal path."""
+        return self.storage or f"{self.study}.journal"
+
+    def with_overrides(self, **changes: Any) -> SweepConfig:
+        """A copy with some fields changed (e.g. the storage from a command-line flag)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return SweepConfig(**{**values, **{k: v for k, v in changes.items() if v is not None}})
+
+
+def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
+    """Read a TOML (or YAML, when PyYAML is installed) file into a ``SweepConfig``.
+
+    Unknown keys are errors with the nearest known key suggested; ``study`` defaults to the
+    file's name, so ``mlp.toml`` keeps its results in ``mlp.journal``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MutransferError(f"config file {str(path)!r} does not exist.")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise MutransferError(
+                f"{path} is YAML but PyYAML is not installed: pip install pyyaml, or write TOML."
+            ) from None
+        raw = yaml.safe_load(text) or {}
+    else:
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise MutransferError(f"{path} is not valid TOML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise MutransferError(f"{path}: expected a table of settings at the top level.")
+    known = {f.name for f in fields(SweepConfig)}
+    problems = []
+    for key in raw:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(known))}"
+            problems.append(f"{key}: unknown key{hint}")
+    missing = [key for key in ("factory", "proxy", "target") if key not in raw]
+    problems += [f"{key}: required" for key in missing]
+    values = {k: v for k, v in raw.items() if k in known}
+    values.setdefault("study", path.stem)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if not missing:  # the fields' own checks, so one run reports everything
+        try:
+            config = SweepConfig(**values)
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems, str(path))
+    return config
+
+
+def resolve(spec: str | Callable[..., Any], key: str) -> Callable[..., Any]:
+    """Import ``"module:name"`` (or pass a callable through), naming the config key on failure."""
+    if callable(spec):
+        return spec
+    import importlib
+    import sys
+
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not attr:
+        raise MutransferError(f"{key}: {spec!r} must look like 'package.module:name'.")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, ".")  # modules in the working directory
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MutransferError(f"{key}: cannot import module {module_name!r}: {exc}") from None
+    if not hasattr(module, attr):
+        raise MutransferError(f"{key}: module {module_name!r} has no attribute {attr!r}.")
+    return getattr(module, attr)
+
+
+def _unknown_hparams(space: Mapping[str, Any], factory: str | Callable[..., Any]) -> list[str]:
+    """Keys of the space that neither the built-in trainer nor the factory understands."""
+    try:
+        accepted = set(inspect.signature(resolve(factory, "factory")).parameters)
+    except MutransferError as exc:
+        return [str(exc)]
+    except (TypeError, ValueError):
+        accepted = set()
+    return [
+        f"space.{key}: not a hyperparameter of the built-in trainer ({', '.join(HPARAMS)}) nor a "
+        'keyword of the factory; set train = "module:function" to search your own'
+        for key in space
+        if key not in HPARAMS and key not in accepted
+    ]
+
+
+def _storage_problems(storage: str | None) -> list[str]:
+    if storage is None or "://" not in storage:
+        return []  # a journal file path
+    scheme = storage.split("://", 1)[0].split("+", 1)[0]
+    if scheme == "postgresql":
+        return []
+    if scheme == "sqlite":
+        return [
+            "storage: SQLite fails under parallel workers (UpdateFinishedTrialError); use a journal "
+            "file path (one machine) or postgresql://... (many)"
+        ]
+    return [
+        f"storage: unknown scheme {scheme!r}; use a journal file path (one machine) or "
+        "postgresql://user:password@host/db (many machines)"
+    ]

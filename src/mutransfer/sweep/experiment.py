@@ -1,0 +1,219 @@
+"""One sweep trial: from sampled values to a trained proxy and its score.
+
+The config is resolved once per worker (factory imported, data loaded, plans cached per
+shape); each trial then builds the proxy under its muP plan with the sampled multipliers and
+trains it, reporting the training loss every ``report_every`` steps so a pruner can stop it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from mutransfer.data import TokenData, factory_keywords
+from mutransfer.data import load as load_data
+from mutransfer.errors import MutransferError
+from mutransfer.scaling.plan import Plan
+from mutransfer.scaling.plan import plan as make_plan
+from mutransfer.scaling.roles import model_on_meta
+from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
+from mutransfer.sweep.space import Value
+from mutransfer.train import build, cross_entropy, train
+
+__all__ = ["Experiment", "Outcome", "ProxyRun", "build_tuned"]
+
+
+@dataclass
+class ProxyRun:
+    """What your own training function (``train = "module:function"``) gets for one trial.
+
+    Train ``model`` with ``optimizer`` (already muP-scaled, with the trial's LR, weight decay
+    and multipliers) for ``steps`` steps and return the value to minimise. Call
+    ``report(step, loss)`` now and then: it raises ``optuna.TrialPruned`` when the pruner stops
+    the trial, which your function should let through.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    params: dict[str, Value]
+    shape: dict[str, Any]
+    steps: int
+    device: str
+    report: Callable[[int, float], None]
+
+
+@dataclass
+class Outcome:
+    """What a trial measured: ``value`` is ``inf`` when it ``diverged`` (the reason)."""
+
+    value: float
+    steps: int
+    flops: float
+    diverged: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Experiment:
+    """A resolved ``SweepConfig``: the factory, the data, the shapes and a plan per shape."""
+
+    def __init__(self, config: SweepConfig) -> None:
+        self.config = config
+        self.make_model = resolve(config.factory, "factory")
+        self.train_fn = resolve(config.train, "train") if config.train else None
+        self.data = None
+        implied: dict[str, Any] = {}
+        if config.data is not None:
+            data = load_data(config.data)
+            if isinstance(data, TokenData):
+                data = data.with_block_size(config.block_size)
+            self.data = data
+            implied = factory_keywords(data, self.make_model)
+        elif self.train_fn is None:
+            raise MutransferError('data: the built-in trainer needs a data source, e.g. data = "digits".')
+        self.common = {**implied, **config.shape}
+        self.proxy = {**self.common, **config.proxy}
+        self.target = {**self.common, **config.target}
+        self.base = {**self.common, **(config.base if config.base is not None else config.proxy)}
+        self.width_keys = sorted(k for k in self.target if self.target[k] != self.base.get(k))
+        if not self.width_keys:
+            raise MutransferError(
+                f"target: {dict(config.target)} is the base shape; nothing scales. Give the target's "
+                "widths, e.g. target = { width = 1024 }."
+            )
+        self.shape_keys = sorted(
+            k for k in config.parsed_space if k not in HPARAMS and _accepts(self.make_model, k)
+        )
+        self._plans: dict[str, Plan] = {}
+        self._flops: dict[str, float] = {}
+
+    # ---- shapes and plans ------------------------------------------------------------------
+    def shape_of(self, params: Mapping[str, Value]) -> dict[str, Any]:
+        """The proxy's factory keywords, with any searched shape keywords applied."""
+        return {**self.proxy, **{k: params[k] for k in self.shape_keys if k in params}}
+
+    def plan_for(self, shape: Mapping[str, Any]) -> Plan:
+        """muP from the base to ``shape``; for standard parametrization, the identity plan at
+        ``shape`` (standard by definition, and it still knows every tensor's role)."""
+        key = json.dumps(shape, sort_keys=True, default=str)
+        if key not in self._plans:
+            base = self.base if self.config.parametrization == "mup" else dict(shape)
+            probe = {**base, **{k: 2 * base[k] for k in self.width_keys}} if base == dict(shape) else None
+            self._plans[key] = make_plan(self.make_model, base=base, target=shape, probe=probe)
+        return self._plans[key]
+
+    def flops_per_step(self, shape: Mapping[str, Any], batch_size: int | None = None) -> float:
+        """Forward plus backward FLOPs of one training step, counted on the meta device."""
+        batch_size = batch_size or self.config.batch_size
+        key = json.dumps([shape, batch_size], sort_keys=True, default=str)
+        if key not in self._flops:
+            self._flops[key] = _count_flops(self.make_model, shape, self.data, batch_size)
+        return self._flops[key]
+
+    # ---- one trial -------------------------------------------------------------------------
+    def run(self, params: Mapping[str, Value], report: Callable[[int, float], None]) -> Outcome:
+        """Train the proxy with ``params``. ``report(step, loss)`` may raise to prune; the
+        steps taken so far are then in ``self.last_steps`` for the cost accounting."""
+        c = self.config
+        shape = self.shape_of(params)
+        self.last_steps = 0
+        model, optimizer = build_tuned(
+            self.make_model,
+            shape,
+            plan=self.plan_for(shape),
+            hparams=params,
+            optimizer=c.optimizer,
+            init_law=c.init_law,
+            zero=c.zero,
+            seed=c.seed,
+            device=c.device,
+        )
+        per_step = self.flops_per_step(shape) if self.data is not None else math.nan
+
+        def on_step(step: int, loss: float) -> None:
+            self.last_steps = step + 1
+            report(step, loss)
+
+        if self.train_fn is not None:
+            run = ProxyRun(model, optimizer, dict(params), shape, c.steps, c.device, on_step)
+            value = float(self.train_fn(run))
+            steps = self.last_steps or c.steps
+            reason = "" if math.isfinite(value) else f"your training function returned {value}"
+            return Outcome(value if not reason else math.inf, steps, steps * per_step, reason)
+        result = train(
+            model,
+            optimizer,
+            self.data,
+            steps=c.steps,
+            batch_size=c.batch_size,
+            warmup=float(params.get("warmup", 0.1)),
+            schedule=c.schedule,
+            seed=c.seed,
+            eval_batches=c.eval_batches,
+            device=c.device,
+            on_step=on_step,
+        )
+        value = result.val_loss if c.metric == "val_loss" else result.train_loss
+        return Outcome(
+            value=value,
+            steps=result.steps,
+            flops=result.steps * per_step,
+            diverged=result.diverged,
+            extra={"train_loss": result.train_loss, "val_loss": result.val_loss},
+        )
+
+
+def build_tuned(
+    make_model: Callable[..., nn.Module],
+    shape: Mapping[str, Any],
+    *,
+    plan: Plan,
+    hparams: Mapping[str, Any],
+    **settings: Any,
+) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """``train.build`` with the tuned values of ``hparams`` (lr, weight_decay and the
+    multipliers; others are ignored): one trial on the proxy, or the target after transfer."""
+    return build(
+        make_model,
+        shape,
+        plan=plan,
+        lr=float(hparams["lr"]),
+        weight_decay=float(hparams.get("weight_decay", 0.0)),
+        init_scale=float(hparams.get("init_scale", 1.0)),
+        input_mult=float(hparams.get("input_mult", 1.0)),
+        output_mult=float(hparams.get("output_mult", 1.0)),
+        **settings,
+    )
+
+
+def _count_flops(
+    make_model: Callable[..., nn.Module], shape: Mapping[str, Any], data, batch_size: int
+) -> float:
+    """FLOPs of one forward and backward pass on one batch; nothing is allocated (meta device)."""
+    if data is None:
+        return math.nan
+    model = model_on_meta(make_model, shape)
+    x, y = (t.to("meta") for t in data.batch(0, batch_size, seed=0))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            cross_entropy(model(x), y).backward()
+    except Exception:  # a model the meta device cannot run: fall back to 6 * params * examples
+        tokens = x.numel() if isinstance(data, TokenData) else x.shape[0]
+        return 6.0 * sum(p.numel() for p in model.parameters()) * tokens
+    return float(counter.get_total_flops())
+
+
+def _accepts(make_model: Callable[..., Any], key: str) -> bool:
+    """Whether ``key`` is a keyword of the factory (searched shapes, not trainer settings)."""
+    try:
+        params = inspect.signature(make_model).parameters
+    except (TypeError, ValueError):
+        return False
+    return key in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

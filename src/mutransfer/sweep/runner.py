@@ -1,0 +1,456 @@
+"""Run a proxy sweep: one study in a storage, any number of workers pulling trials from it.
+
+    >>> from mutransfer.sweep import SweepConfig, Range, sweep
+    >>> config = SweepConfig(factory="mutransfer.models:MLP", data="digits", proxy={"width": 32},
+    ...     target={"width": 256}, steps=30, trials=4, space={"lr": Range(1e-3, 1e-1, log=True)},
+    ...     storage="/tmp/doctest-sweep.journal")
+    >>> status = sweep(config)  # doctest: +SKIP
+
+A worker loops: re-queue trials of dead workers, stop when enough trials have finished, else
+run one trial. ``sweep`` runs one worker in this process, or starts ``workers`` processes and
+shows their progress; ``mutransfer worker`` joins a running sweep from another machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import random
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from mutransfer.errors import MutransferError
+from mutransfer.sweep.config import SweepConfig
+from mutransfer.sweep.experiment import Experiment
+from mutransfer.sweep.space import Range, grid_points, suggest
+from mutransfer.sweep.storage import open_storage, reap_dead_workers, redact, requeue, worker_identity
+
+__all__ = ["Status", "leaderboard", "open_study", "run_worker", "status", "sweep"]
+
+Progress = Callable[["Status"], None]
+
+# config fields that change what a proxy trial measures: a saved study must agree on them
+_PROTOCOL = (
+    "factory", "proxy", "base", "shape", "parametrization", "data", "block_size", "train", "metric",
+    "steps", "batch_size", "optimizer", "schedule", "eval_batches", "init_law", "zero", "seed", "space",
+    "sampler", "pruner", "min_steps", "reduction",
+)  # fmt: skip
+
+
+@dataclass
+class Status:
+    """Where a sweep stands. ``finished`` trials (complete, diverged or pruned) count toward
+    the budget; ``lost`` ones (a worker died or was interrupted) were re-queued."""
+
+    trials: int
+    complete: int = 0
+    diverged: int = 0
+    pruned: int = 0
+    running: int = 0
+    waiting: int = 0
+    lost: int = 0
+    failed: int = 0
+    best_value: float = math.inf
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_number: int | None = None
+    seconds: float = 0.0
+    flops: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.diverged + self.pruned
+
+    @property
+    def done(self) -> bool:
+        return self.finished >= self.trials and not self.running and not self.waiting
+
+    def line(self) -> str:
+        parts = [f"{self.finished}/{self.trials} trials"]
+        parts += [f"{n} {what}" for what, n in (("pruned", self.pruned), ("diverged", self.diverged)) if n]
+        if self.running:
+            parts.append(f"{self.running} running")
+        if self.lost:
+            parts.append(f"{self.lost} re-queued")
+        if self.failed:
+            parts.append(f"{self.failed} failed")
+        best = ""
+        if self.best_number is not None:
+            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
+            best = f"; best {self.best_value:.4f} (#{self.best_number}: {shown})"
+        return ", ".join(parts) + best
+
+
+def status(study: Any, trials: int) -> Status:
+    """Count a study's trials by outcome and find the best finished one."""
+    from optuna.trial import TrialState
+
+    s = Status(trials=trials)
+    retried = set()
+    all_trials = study.get_trials(deepcopy=False)
+    for t in all_trials:
+        retried.update(t.system_attrs.get("retry_history", []))
+    for t in all_trials:
+        attrs = t.user_attrs
+        s.seconds += attrs.get("seconds", 0.0)
+        s.flops += attrs.get("flops", 0.0) if math.isfinite(attrs.get("flops", 0.0)) else 0.0
+        if t.state is TrialState.COMPLETE:
+            if attrs.get("diverged"):
+                s.diverged += 1
+            else:
+                s.complete += 1
+                if t.value is not None and t.value < s.best_value:
+                    s.best_value, s.best_params, s.best_number = t.value, dict(t.params), t.number
+        elif t.state is TrialState.PRUNED:
+            s.pruned += 1
+        elif t.state is TrialState.RUNNING:
+            s.running += 1
+        elif t.state is TrialState.WAITING:
+            s.waiting += 1
+        elif t.number in retried:
+            s.lost += 1
+        elif not attrs.get("stray"):
+            s.failed += 1
+    return s
+
+
+def leaderboard(study: Any, n: int = 5) -> str:
+    """The ``n`` best finished trials as a table, with how many were pruned or diverged."""
+    from optuna.trial import TrialState
+
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get("diverged")
+    ]
+    done.sort(key=lambda t: t.value)
+    if not done:
+        return "no finished trial yet"
+    keys = list(done[0].params)
+    rows = [["trial", "value", *keys, "steps", "seconds"]]
+    for t in done[:n]:
+        rows.append(
+            [f"#{t.number}", f"{t.value:.4f}", *(_fmt(t.params.get(k)) for k in keys),
+             str(t.user_attrs.get("steps", "")), f"{t.user_attrs.get('seconds', 0):.1f}"]
+        )  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def open_study(config: SweepConfig, *, parallel: bool = False, queue_grid: bool = True) -> Any:
+    """Create (or load) the config's study, refusing one made under another protocol. With
+    ``queue_grid``, grid points not yet in the study are queued (the launcher does this once;
+    workers joining later only take from the queue). A ``parallel`` study's sampler is not
+    seeded (seeded workers would propose the same points) and lies about running trials."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    storage = open_storage(config.storage_url, config.heartbeat)
+    if config.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(
+            seed=None if parallel else config.seed,
+            n_startup_trials=max(2, min(10, config.trials // 3)),
+            constant_liar=parallel,
+        )
+    else:  # grid points are queued; random fills anything else
+        sampler = optuna.samplers.RandomSampler(seed=None if parallel else config.seed)
+    pruner: Any = optuna.pruners.NopPruner()
+    if config.pruner == "halving":
+        inner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=report_every(config), reduction_factor=config.reduction
+        )
+        pruner = SameShapePruner(inner)
+    study = optuna.create_study(
+        study_name=config.study,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        direction="minimize",
+        load_if_exists=True,
+    )
+    _check_protocol(study, config)
+    if config.sampler == "grid" and queue_grid:
+        points = grid_points(config.parsed_space)
+        # a fixed shuffle: in grid order, a pruner's first comparisons would always be the smallest LRs
+        random.Random(config.seed).shuffle(points)
+        for point in points:
+            study.enqueue_trial(point, skip_if_exists=True)
+    return study
+
+
+def report_every(config: SweepConfig) -> int:
+    """Steps between reports to the pruner: the first rung of successive halving. The default
+    cuts once, at steps / reduction: earlier cuts (steps / reduction**2) favoured too-small LRs
+    under a decaying schedule and cost up to 10% of loss (benchmarks/pruning.py)."""
+    return config.min_steps or max(1, config.steps // config.reduction)
+
+
+def budget(config: SweepConfig) -> int:
+    """Finished trials wanted: the grid's size for grid search."""
+    return len(grid_points(config.parsed_space)) if config.sampler == "grid" else config.trials
+
+
+def run_worker(config: SweepConfig, *, progress: Progress | None = None, parallel: bool = True) -> Status:
+    """Run trials until the study has its budget of finished trials; other workers may share
+    the study (``parallel=False`` when this is the only one: the sampler is then seeded, so a
+    sweep is reproducible). Ctrl-C marks the trial in flight failed and queues it again, then
+    re-raises: a rerun picks it up first."""
+    import optuna
+
+    experiment = Experiment(config)
+    study = open_study(config, parallel=parallel, queue_grid=False)
+    total = budget(config)
+    current: dict[str, int] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        current["number"] = trial.number
+        trial.set_user_attr("worker", worker_identity())
+        queued = "fixed_params" in study.get_trials(deepcopy=False)[trial.number].system_attrs
+        if config.sampler == "grid" and not queued:
+            trial.set_user_attr("stray", "the grid was used up while this worker asked; nothing ran")
+            raise _GridDone
+        params = suggest(trial, config.parsed_space)
+        shape = experiment.shape_of(params)
+        trial.set_user_attr("shape", _shape_key(shape))
+        start = time.perf_counter()
+        window: list[float] = []
+        every = report_every(config)
+
+        def report(step: int, loss: float) -> None:
+            window.append(loss)
+            if (step + 1) % every == 0:
+                trial.report(sum(window) / len(window), step + 1)
+                window.clear()
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step + 1}")
+
+        try:
+            outcome = experiment.run(params, report)
+        except optuna.TrialPruned:
+            steps = experiment.last_steps
+            _record(trial, steps, time.perf_counter() - start, steps * experiment.flops_per_step(shape))
+            raise
+        # seconds: the trial's whole wall time (build, train, evaluate), as for a pruned trial
+        seconds = time.perf_counter() - start
+        _record(trial, outcome.steps, seconds, outcome.flops, outcome.diverged, outcome.extra)
+        return outcome.value
+
+    while True:
+        _recover_lost(study, config)
+        s = status(study, total)
+        if s.finished >= total and not s.waiting:
+            return s
+        if s.finished + s.running >= total and not s.waiting:
+            time.sleep(1.0)  # the last trials run elsewhere; wait in case their worker dies
+            continue
+        current.clear()
+        try:
+            study.optimize(objective, n_trials=1, catch=())
+        except _GridDone:
+            return status(study, total)
+        except KeyboardInterrupt:
+            if "number" in current:
+                requeue(study, current["number"])
+            raise
+        except MutransferError:
+            raise
+        except Exception as exc:  # a bug in the model or training code: stop, keep the traceback
+            traceback.print_exc()
+            raise MutransferError(
+                f"trial {current.get('number')} raised {exc!r} (traceback above); it is recorded as "
+                "failed. Fix the cause and rerun: finished trials are kept and this one is tried again."
+            ) from exc
+        if progress is not None:
+            progress(status(study, total))
+
+
+class SameShapePruner:
+    """Successive halving (or any Optuna pruner) that compares a trial only with trials of
+    the same proxy shape: wider models have lower loss at every step, so pooling shapes would
+    prune the narrow ones for their width, not their hyperparameters."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def prune(self, study: Any, trial: Any) -> bool:
+        return self.inner.prune(_SameShape(study, trial.user_attrs.get("shape")), trial)
+
+
+class _SameShape:
+    """A view of a study that lists only the trials of one shape."""
+
+    def __init__(self, study: Any, shape: str | None) -> None:
+        self._study, self._shape = study, shape
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[Any]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.user_attrs.get("shape") == self._shape]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+def sweep(config: SweepConfig, *, workers: int = 1, progress: Progress | None = None) -> Status:
+    """Run the config's sweep to its budget with ``workers`` local processes and return where
+    it stands. Results live in the config's storage: a rerun resumes, and more workers (here
+    or on other machines, ``mutransfer worker``) may join at any time."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise MutransferError(f"workers must be an int >= 1, got {workers!r}.")
+    study = open_study(config, parallel=workers > 1)
+    total = budget(config)
+    _recover_lost(study, config)
+    _retry_failed(study)
+    if workers == 1:
+        run_worker(config, progress=progress, parallel=False)
+        return status(study, total)
+    try:
+        pickle.dumps(config)
+    except Exception as exc:
+        raise MutransferError(
+            f"workers > 1 start new processes, which need the factory and training function by "
+            f"name ('package.module:name'), not a local object ({exc})."
+        ) from None
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [context.Process(target=_worker_main, args=(config, threads)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    reported: set[int] = set()
+    last = ""
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.5)
+            for i, p in enumerate(procs):
+                if p.exitcode not in (None, 0) and i not in reported:
+                    reported.add(i)
+                    print(
+                        f"worker {i + 1} (pid {p.pid}) stopped with {_exit_reason(p.exitcode)}; "
+                        "its trial goes back in the queue",
+                        file=sys.stderr,
+                    )
+            s = status(study, total)
+            if progress is not None and s.line() != last:
+                last = s.line()
+                progress(s)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, 2)  # SIGINT: each worker re-queues its trial and exits
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+        raise
+    s = status(study, total)
+    if not s.done and all(p.exitcode != 0 for p in procs):
+        raise MutransferError(
+            f"every worker stopped before the sweep finished ({s.line()}); see their messages above. "
+            "Rerun to resume."
+        )
+    return s
+
+
+def _worker_main(config: SweepConfig, threads: int) -> None:
+    """A worker process: one torch thread share per worker, so they do not fight for cores."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        run_worker(config, parallel=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except MutransferError as exc:
+        print(f"mutransfer worker: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+class _GridDone(Exception):
+    """Every grid point was taken between a worker's check and its ask."""
+
+
+def _record(trial: Any, steps: int, seconds: float, flops: float, diverged: str = "", extra=None) -> None:
+    trial.set_user_attr("steps", steps)
+    trial.set_user_attr("seconds", round(seconds, 3))
+    trial.set_user_attr("flops", flops)
+    if diverged:
+        trial.set_user_attr("diverged", diverged)
+    for key, value in (extra or {}).items():
+        trial.set_user_attr(key, value)
+
+
+def _retry_failed(study: Any) -> None:
+    """Queue again the trials that failed on an error (a bug since fixed, one hopes); lost
+    trials were re-queued when they were reaped, and strays never ran."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    for t in trials:
+        if t.state is TrialState.FAIL and t.number not in retried and not t.user_attrs.get("stray"):
+            requeue(study, t.number)
+
+
+def _recover_lost(study: Any, config: SweepConfig) -> None:
+    """Fail and re-queue the trials of dead workers: by heartbeat with SQL storage (workers on
+    any machine), by host and pid with the journal (which has no heartbeat)."""
+    import optuna
+
+    if "://" in config.storage_url:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # its retry callback re-queues them
+    else:
+        reap_dead_workers(study)
+
+
+def _check_protocol(study: Any, config: SweepConfig) -> None:
+    current = _protocol(config)
+    saved = study.user_attrs.get("mutransfer")
+    if saved is None:
+        study.set_user_attr("mutransfer", current)
+        return
+    changed = [
+        f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in current if saved.get(k) != current[k]
+    ]
+    if changed:
+        raise MutransferError(
+            f"study {config.study!r} in {redact(config.storage_url)} was run with another config:\n  "
+            + "\n  ".join(changed)
+            + "\nFix: use another study name or storage, or restore the old settings."
+        )
+
+
+def _protocol(config: SweepConfig) -> dict[str, Any]:
+    """The config's protocol fields as plain JSON data."""
+    values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
+    values["space"] = config.parsed_space  # a file's {low, high} and Python's Range agree
+    return json.loads(json.dumps(values, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Range):
+        return {k: v for k, v in vars(value).items() if v is not None}
+    if callable(value):
+        return f"{value.__module__}:{value.__qualname__}"
+    if isinstance(value, Mapping):
+        return dict(value)
+    return str(value)
+
+
+def _shape_key(shape: Mapping[str, Any]) -> str:
+    return json.dumps(dict(shape), sort_keys=True, default=str)
+
+
+def _exit_reason(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,172 @@
+"""From the proxy's best trial to the target's settings: values, plan, param groups, cost, file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mutransfer
+from mutransfer.cli import main
+from mutransfer.errors import MutransferError
+from mutransfer.models import MLP
+from mutransfer.sweep import Range, SweepConfig, open_study, status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    path = tmp_path_factory.mktemp("transfer") / "mlp.journal"
+    config = SweepConfig(
+        factory="mutransfer.models:MLP",
+        data="digits",
+        proxy={"width": 32},
+        target={"width": 256},
+        steps=60,
+        eval_batches=4,
+        trials=5,
+        target_steps=1000,
+        space={"lr": Range(1e-3, 0.1, log=True), "output_mult": [0.5, 2.0], "warmup": 0.05},
+        storage=str(path),
+    )
+    mutransfer.sweep(config)
+    return config
+
+
+def test_transfer_carries_the_best_values_through_the_target_plan(swept):
+    t = mutransfer.transfer(swept)
+    best = status(open_study(swept), 5)
+    assert t.hparams == {"warmup": 0.05, **best.best_params}
+    assert t.shape == {"in_features": 64, "out_features": 10, "width": 256}
+    assert t.plan.width_multiplier == 8 and t.source["trial"] == best.best_number
+    model = t.init_(MLP(**t.shape))
+    groups = {tuple(g["roles"]): g["lr"] for g in t.param_groups(model)}
+    lr, mult = t.hparams["lr"], t.hparams["output_mult"]
+    assert groups[("hidden",)] == pytest.approx(lr / 8)  # muP: hidden LR / width multiplier
+    assert groups[("output",)] == pytest.approx(lr * mult / 8)  # and the tuned output multiplier
+
+
+def test_standard_transfer_copies_the_values_unchanged(swept):
+    t = mutransfer.transfer(swept, parametrization="sp")
+    assert t.plan.is_identity
+    model = t.init_(MLP(**t.shape))
+    lr, mult = t.hparams["lr"], t.hparams["output_mult"]
+    for group in t.param_groups(model):  # no width factor anywhere; only the tuned multiplier
+        assert group["lr"] == pytest.approx(lr * mult if group["roles"] == ["output"] else lr)
+
+
+def test_cost_is_the_proxy_compute_over_one_target_run(swept):
+    t = mutransfer.transfer(swept)
+    trials = open_study(swept).get_trials()
+    assert t.cost.proxy_flops == pytest.approx(sum(x.user_attrs["flops"] for x in trials))
+    assert t.cost.target_steps == 1000
+    # an MLP step costs about 6 x params x batch FLOPs (forward + backward)
+    params = sum(p.numel() for p in MLP(**t.shape).parameters())
+    assert t.cost.target_flops == pytest.approx(1000 * 6 * params * 32, rel=0.1)
+    assert 0 < t.cost.fraction == pytest.approx(t.cost.proxy_flops / t.cost.target_flops)
+
+
+def test_the_file_round_trips_and_builds_a_trainable_target(swept, tmp_path):
+    t = mutransfer.transfer(swept)
+    t.save(tmp_path / "target.json")
+    loaded = mutransfer.load_transfer(tmp_path / "target.json")
+    assert loaded.to_dict() == t.to_dict()
+    model, opt = loaded.build(seed=0)
+    ref_model, ref_opt = t.build(seed=0)
+    for a, b in zip(model.parameters(), ref_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in ref_opt.param_groups]
+    run = mutransfer.train.train(
+        model, opt, mutransfer.data.digits(), steps=60, batch_size=32, eval_batches=4
+    )
+    assert run.val_loss < 1.0
+
+
+def test_transfer_without_trials_and_missing_files_say_what_to_do(tmp_path):
+    empty = SweepConfig(
+        factory="mutransfer.models:MLP",
+        data="digits",
+        proxy={"width": 32},
+        target={"width": 64},
+        storage=str(tmp_path / "empty.journal"),
+    )
+    with pytest.raises(MutransferError, match="run mutransfer sweep CONFIG first"):
+        mutransfer.transfer(empty)
+    with pytest.raises(MutransferError, match="run mutransfer transfer CONFIG first"):
+        mutransfer.load_transfer(tmp_path / "nothing.json")
+
+
+def test_sweep_and_transfer_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlp.toml").write_text(
+        'factory = "mutransfer.models:MLP"\ndata = "digits"\nproxy = { width = 32 }\n'
+        "target = { width = 128 }\nsteps = 40\neval_batches = 4\ntrials = 3\n"
+        "[space]\nlr = { low = 0.001, high = 0.1, log = true }\n"
+    )
+    assert main(["sweep", "mlp.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 trials" in out and "next: mutransfer transfer mlp.toml" in out
+    assert main(["transfer", "mlp.toml"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning cost: 3 proxy trials" in out and "of one target run" in out
+    saved = json.loads((tmp_path / "mlp-target.json").read_text())
+    assert saved["shape"]["width"] == 128 and saved["plan"]["width_multiplier"] == 4
+    assert main(["validate", "mlp.toml"]) == 0
+    try:
+        import optuna_dashboard  # noqa: F401
+    except ImportError:  # not installed here: the command says how to get it
+        assert main(["dashboard", "mlp.toml"]) == 2
+        assert "pip install optuna-dashboard" in capsys.readouterr().err
+
+
+def test_pruning_benchmark_quick(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pruning.py"),
+            "--quick",
+            "--orders",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "pruning-quick.json").read_text())
+    assert [(r["reduction"], r["rungs"]) for r in record["halving"]] == [
+        (2, 1),
+        (3, 1),
+        (4, 1),
+        (2, 2),
+        (3, 2),
+        (4, 2),
+    ]
+    for r in record["halving"]:
+        assert 0 < r["flops_fraction"] < 1 and r["pruned_trials"] > 0
+    assert "best log2 LR per width, full grid" in done.stdout
+
+
+def test_sweep_transfer_benchmark_quick(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sweep_transfer.py"), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "sweep_transfer-quick.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == [
+        "muP, tuned multipliers",
+        "muP, LR only",
+        "standard, LR copied",
+        "standard, tuned at the target",
+    ]
+    assert all(r["target_loss"] > 0 for r in rows) and rows[-1]["vs_tuned_at_target"] == 0
