@@ -22,18 +22,16 @@ import argparse
 import itertools
 import json
 import math
-import platform
 import random
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import optuna
 import torch
-from transfer import first_available  # benchmarks/transfer.py, beside this script
+from transfer import first_available, provenance  # benchmarks/transfer.py, beside this script
 
 from mutransfer.sweep import Range, SweepConfig, sweep
 from mutransfer.sweep.runner import open_study
@@ -178,11 +176,7 @@ def main() -> None:
             }
         )
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        "command": " ".join(["python", "benchmarks/pruning.py", *sys.argv[1:]]),
-        "seconds_this_run": round(time.monotonic() - start, 1),
+        **provenance(start),
         "protocol": p,
         "full_grid": full,
         "summary": summary,

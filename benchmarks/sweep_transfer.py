@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
-from transfer import first_available  # benchmarks/transfer.py, beside this script
+from transfer import first_available, provenance  # benchmarks/transfer.py, beside this script
 
 import mutransfer
 from mutransfer.sweep import Range, SweepConfig, sweep
@@ -147,11 +145,7 @@ def main() -> None:
             f"{r['method']:<32}{r['target_loss']:>12.4f}{r['vs_tuned_at_target']:>+20.2%}{r['cost']:>13.1%}"
         )
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
-        "command": " ".join(["python", "benchmarks/sweep_transfer.py", *sys.argv[1:]]),
-        "seconds_this_run": round(time.monotonic() - start, 1),
+        **provenance(start),
         "protocol": p,
         "seeds": args.seeds,
         "standard_grid_at_target": {f"2^{k}": v for k, v in grid.items()},

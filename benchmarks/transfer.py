@@ -55,6 +55,17 @@ def first_available(*names: str, **options) -> mutransfer.data.Batches:
     raise MutransferError(f"none of {names} is installed")
 
 
+def provenance(start: float, device: str = "cpu") -> dict:
+    """Date, machine, command and duration of this run, for its results file."""
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {device}",
+        "command": " ".join(["python", f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]]),
+        "seconds_this_run": round(time.monotonic() - start, 1),
+    }
+
+
 def protocols(quick: bool) -> dict[str, dict]:
     """The settings of each model's grid; ``quick`` shrinks widths, LRs and budgets."""
     if quick:
@@ -253,14 +264,10 @@ def main() -> None:
             }
         )
     record = {
-        "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}, {args.device}",
-        "command": " ".join(["python", "benchmarks/transfer.py", *sys.argv[1:]]),
+        **provenance(start, args.device),  # seconds: cells resumed from files cost nothing
         "flush_denormal": not args.keep_denormals,
         "targets": TARGETS,
         "models": rows,
-        "seconds_this_run": round(time.monotonic() - start, 1),  # cells resumed from files cost nothing
     }
     summary = out / f"transfer{'-quick' if args.quick else ''}.json"
     summary.write_text(json.dumps(record, indent=1, allow_nan=False))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from torch import nn
 
 from mutransfer.models import MLP
+from mutransfer.sweep import Range, SweepConfig
 
 
 def quadratic(run) -> float:
@@ -32,3 +34,20 @@ def breaks_when_told(run) -> float:
     if os.environ.get("MUTRANSFER_TEST_BREAK"):
         raise RuntimeError("told to break")
     return quadratic(run)
+
+
+def mlp_config(tmp_path: Path, **changes) -> SweepConfig:
+    """A small sweep of the reference MLP on digits, journal in ``tmp_path``."""
+    settings = dict(
+        factory="mutransfer.models:MLP",
+        data="digits",
+        proxy={"width": 32},
+        target={"width": 256},
+        steps=60,
+        batch_size=32,
+        eval_batches=4,
+        trials=6,
+        space={"lr": Range(1e-3, 0.3, log=True), "output_mult": Range(0.25, 4.0, log=True)},
+        storage=str(tmp_path / "sweep.journal"),
+    )
+    return SweepConfig(**{**settings, **changes})

@@ -20,24 +20,9 @@ from mutransfer.sweep import Range, SweepConfig, load_config, sweep
 from mutransfer.sweep.config import ConfigError
 from mutransfer.sweep.runner import SameShapePruner, open_study, status
 from mutransfer.sweep.space import grid_points
+from sweep_helpers import mlp_config
 
 GRID_LRS = [2.0**k for k in range(-9, -2)]
-
-
-def mlp_config(tmp_path: Path, **changes) -> SweepConfig:
-    settings = dict(
-        factory="mutransfer.models:MLP",
-        data="digits",
-        proxy={"width": 32},
-        target={"width": 256},
-        steps=60,
-        batch_size=32,
-        eval_batches=4,
-        trials=6,
-        space={"lr": Range(1e-3, 0.3, log=True), "output_mult": Range(0.25, 4.0, log=True)},
-        storage=str(tmp_path / "sweep.journal"),
-    )
-    return SweepConfig(**{**settings, **changes})
 
 
 def write_toml(path: Path, text: str) -> Path:

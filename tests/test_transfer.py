@@ -15,24 +15,18 @@ from mutransfer.cli import main
 from mutransfer.errors import MutransferError
 from mutransfer.models import MLP
 from mutransfer.sweep import Range, SweepConfig, open_study, status
+from sweep_helpers import mlp_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    path = tmp_path_factory.mktemp("transfer") / "mlp.journal"
-    config = SweepConfig(
-        factory="mutransfer.models:MLP",
-        data="digits",
-        proxy={"width": 32},
-        target={"width": 256},
-        steps=60,
-        eval_batches=4,
+    config = mlp_config(
+        tmp_path_factory.mktemp("transfer"),
         trials=5,
         target_steps=1000,
         space={"lr": Range(1e-3, 0.1, log=True), "output_mult": [0.5, 2.0], "warmup": 0.05},
-        storage=str(path),
     )
     mutransfer.sweep(config)
     return config
