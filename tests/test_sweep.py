@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 
+import mutransfer
 from mutransfer.cli import main
 from mutransfer.errors import MutransferError
 from mutransfer.sweep import Range, SweepConfig, load_config, sweep
@@ -201,6 +202,10 @@ def test_your_own_training_function(tmp_path):
     )
     s = sweep(config)
     assert s.finished == 4 and s.best_params["target_norm"] == 1.0
+    t = mutransfer.transfer(config)  # your own loop: values carried, FLOPs unknown (no data)
+    assert t.hparams == {"lr": 0.01, "target_norm": 1.0}
+    t.save(tmp_path / "target.json")
+    assert mutransfer.load_transfer(tmp_path / "target.json").cost.proxy_seconds > 0
 
 
 def test_an_error_in_a_trial_stops_the_sweep_and_a_rerun_tries_it_again(tmp_path, monkeypatch, capsys):

@@ -52,6 +52,11 @@ class Cost:
         return self.proxy_flops / self.target_flops if self.target_flops else math.nan
 
     def line(self) -> str:
+        if not (self.proxy_flops and math.isfinite(self.target_flops)):
+            return (
+                f"tuning cost: {self.trials} proxy trials in {self.proxy_seconds:.0f} s; FLOPs not counted "
+                "(no data source to count a step on: your own training function)"
+            )
         return (
             f"tuning cost: {self.trials} proxy trials, {self.proxy_flops:.3g} FLOPs in "
             f"{self.proxy_seconds:.0f} s of proxy trials = {self.fraction:.1%} of one target run "
@@ -146,7 +151,8 @@ class Transfer:
             "init_law": self.init_law,
             "zero": list(self.zero),
             "source": dict(self.source),
-            "cost": asdict(self.cost) if self.cost else None,
+            # FLOPs are unknown (nan) for your own training function: null in the file
+            "cost": {k: _finite_or_none(v) for k, v in asdict(self.cost).items()} if self.cost else None,
             "plan": self.plan.to_dict(),
         }
 
@@ -167,7 +173,9 @@ class Transfer:
             init_law=data.get("init_law", "fan_in"),
             zero=tuple(data.get("zero", ())),
             source=data.get("source", {}),
-            cost=Cost(**data["cost"]) if data.get("cost") else None,
+            cost=Cost(**{k: math.nan if v is None else v for k, v in data["cost"].items()})
+            if data.get("cost")
+            else None,
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -252,6 +260,10 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
         },
         cost=cost,
     )
+
+
+def _finite_or_none(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _fmt(v: Any) -> str:
