@@ -57,7 +57,7 @@ def test_config_file_and_python_describe_the_same_sweep(tmp_path):
     path = write_toml(tmp_path / "mlp.toml", MLP_TOML.format(steps=60, extra=""))
     from_file = load_config(path)
     assert from_file.study == "mlp" and from_file.storage_url == "mlp.journal"
-    assert grid_points(from_file.parsed_space) == [{"lr": lr} for lr in GRID_LRS]
+    assert grid_points(from_file.space) == [{"lr": lr} for lr in GRID_LRS]
     in_python = SweepConfig(
         factory="mutransfer.models:MLP",
         data="digits",

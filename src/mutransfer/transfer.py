@@ -219,7 +219,7 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
             )
         config = config.with_overrides(parametrization=parametrization)
     experiment = Experiment(config)
-    space = config.parsed_space
+    space = config.space
     fixed = {k: v for k, v in space.items() if not isinstance(v, Range | list)}
     hparams = {k: v for k, v in {**fixed, **s.best_params}.items() if k in HPARAMS or config.train}
     hparams = {k: v for k, v in hparams.items() if k not in experiment.shape_keys}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 
 from mutransfer.errors import MutransferError
-from mutransfer.sweep.space import Range, Value, grid_points, parse_space
+from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
 __all__ = ["HPARAMS", "METRICS", "PARAMETRIZATIONS", "ConfigError", "SweepConfig", "load_config", "resolve"]
@@ -101,7 +101,8 @@ class SweepConfig:
     seed: int = 0
     """Seed of the model init and the batches, the same for every trial."""
     space: Mapping[str, Any] = field(default_factory=lambda: {"lr": Range(1e-4, 1e-1, log=True)})
-    """Searched and fixed hyperparameters (see ``mutransfer.sweep.space``)."""
+    """Searched and fixed hyperparameters (see ``mutransfer.sweep.space``); after validation,
+    ranges written as tables (``{low, high}``) are ``Range`` objects."""
     sampler: str = "tpe"
     """``tpe`` (default), ``random``, or ``grid`` (every combination, once)."""
     trials: int = 20
@@ -185,18 +186,13 @@ class SweepConfig:
         return found
 
     @property
-    def parsed_space(self) -> dict[str, Range | list[Value] | Value]:
-        return parse_space(self.space)[0]
-
-    @property
     def storage_url(self) -> str:
         """Where results live: the storage URL or journal path."""
         return self.storage or f"{self.study}.journal"
 
     def with_overrides(self, **changes: Any) -> SweepConfig:
         """A copy with some fields changed (e.g. the storage from a command-line flag)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return SweepConfig(**{**values, **{k: v for k, v in changes.items() if v is not None}})
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 def load_config(path: str | Path, **overrides: Any) -> SweepConfig:

@@ -88,9 +88,7 @@ class Experiment:
                 f"target: {dict(config.target)} is the base shape; nothing scales. Give the target's "
                 "widths, e.g. target = { width = 1024 }."
             )
-        self.shape_keys = sorted(
-            k for k in config.parsed_space if k not in HPARAMS and _accepts(self.make_model, k)
-        )
+        self.shape_keys = sorted(k for k in config.space if k not in HPARAMS and _accepts(self.make_model, k))
         self._plans: dict[str, Plan] = {}
         self._flops: dict[str, float] = {}
 

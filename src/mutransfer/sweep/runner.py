@@ -177,7 +177,7 @@ def open_study(config: SweepConfig, *, parallel: bool = False, queue_grid: bool 
     )
     _check_protocol(study, config)
     if config.sampler == "grid" and queue_grid:
-        points = grid_points(config.parsed_space)
+        points = grid_points(config.space)
         # a fixed shuffle: in grid order, a pruner's first comparisons would always be the smallest LRs
         random.Random(config.seed).shuffle(points)
         for point in points:
@@ -194,7 +194,7 @@ def report_every(config: SweepConfig) -> int:
 
 def budget(config: SweepConfig) -> int:
     """Finished trials wanted: the grid's size for grid search."""
-    return len(grid_points(config.parsed_space)) if config.sampler == "grid" else config.trials
+    return len(grid_points(config.space)) if config.sampler == "grid" else config.trials
 
 
 def run_worker(config: SweepConfig, *, progress: Progress | None = None, parallel: bool = True) -> Status:
@@ -216,7 +216,7 @@ def run_worker(config: SweepConfig, *, progress: Progress | None = None, paralle
         if config.sampler == "grid" and not queued:
             trial.set_user_attr("stray", "the grid was used up while this worker asked; nothing ran")
             raise _GridDone
-        params = suggest(trial, config.parsed_space)
+        params = suggest(trial, config.space)
         shape = experiment.shape_of(params)
         trial.set_user_attr("shape", _shape_key(shape))
         start = time.perf_counter()
@@ -430,7 +430,7 @@ def _check_protocol(study: Any, config: SweepConfig) -> None:
 def _protocol(config: SweepConfig) -> dict[str, Any]:
     """The config's protocol fields as plain JSON data."""
     values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
-    values["space"] = config.parsed_space  # a file's {low, high} and Python's Range agree
+    values["space"] = config.space  # a file's {low, high} and Python's Range agree
     return json.loads(json.dumps(values, default=_plain))
 
 
