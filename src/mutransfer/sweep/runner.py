@@ -430,7 +430,6 @@ def _check_protocol(study: Any, config: SweepConfig) -> None:
 def _protocol(config: SweepConfig) -> dict[str, Any]:
     """The config's protocol fields as plain JSON data."""
     values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
-    values["space"] = config.space  # a file's {low, high} and Python's Range agree
     return json.loads(json.dumps(values, default=_plain))
 
 
