@@ -155,6 +155,20 @@ def test_a_diverged_trial_is_recorded_not_fatal(tmp_path):
     assert bad.value == math.inf and "loss" in bad.user_attrs["diverged"]
 
 
+def test_a_grid_queued_twice_still_runs_each_point_once(tmp_path):
+    """Two launchers starting at once can both queue the grid; the second copy is skipped."""
+    config = mlp_config(tmp_path, sampler="grid", pruner="none", steps=20, space={"lr": [0.01, 0.03, 0.1]})
+    study = open_study(config)
+    for point in grid_points(config.space):
+        study.enqueue_trial(point)  # the other launcher's copy, no skip_if_exists
+    s = sweep(config)
+    trials = study.get_trials()
+    done = sorted(t.params["lr"] for t in trials if t.state.name == "COMPLETE")
+    assert done == [0.01, 0.03, 0.1] and s.finished == 3
+    strays = [t for t in trials if t.user_attrs.get("stray")]
+    assert len(strays) == 3 and all("queued twice" in t.user_attrs["stray"] for t in strays)
+
+
 def test_pruning_compares_trials_of_the_same_shape_only():
     """A narrow trial reporting a loss no wide trial would beat is kept when it is the best of
     its width, and pruned when pooled with the wide ones."""
@@ -231,7 +245,7 @@ SLOW_TOML = MLP_TOML.format(steps=1500, extra="heartbeat = 1\n")
 
 
 def _trials(config: SweepConfig) -> list:
-    return open_study(config).get_trials()
+    return open_study(config, queue_grid=False).get_trials()  # look only: the launcher queues
 
 
 def _wait_for_running(config: SweepConfig, timeout: float = 90) -> optuna.trial.FrozenTrial:
@@ -253,7 +267,7 @@ def _assert_accounted(config: SweepConfig, total: int) -> None:
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert sorted(t.params["lr"] for t in finished) == pytest.approx(GRID_LRS)
     assert len(finished) == total
-    lost = [t for t in trials if t.state.name == "FAIL"]
+    lost = [t for t in trials if t.state.name == "FAIL" and not t.user_attrs.get("stray")]
     for t in lost:
         retries = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
         assert len(retries) == 1 and retries[0].params == t.params
@@ -286,7 +300,7 @@ def test_two_workers_complete_and_a_killed_worker_loses_nothing(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert "stopped with signal 9" in err
-    s = status(open_study(config), 7)
+    s = status(open_study(config, queue_grid=False), 7)
     assert s.lost == 1 and s.finished == 7
     # a rerun finds nothing to do and changes nothing
     rerun = cli("sweep", str(path), "--storage", config.storage_url, cwd=tmp_path)
@@ -358,7 +372,7 @@ def test_postgres_workers_share_a_study_and_a_killed_one_loses_nothing(tmp_path,
     _, err = survivor.communicate(timeout=300)
     assert survivor.returncode == 0, err
     next(w for w in workers if w.pid == pid).wait()
-    s = status(open_study(config), 7)
+    s = status(open_study(config, queue_grid=False), 7)
     assert s.lost == 1 and s.finished == 7
     _assert_accounted(config, 7)
 

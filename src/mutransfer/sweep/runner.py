@@ -212,10 +212,8 @@ def run_worker(config: SweepConfig, *, progress: Progress | None = None, paralle
     def objective(trial: optuna.Trial) -> float:
         current["number"] = trial.number
         trial.set_user_attr("worker", worker_identity())
-        queued = "fixed_params" in study.get_trials(deepcopy=False)[trial.number].system_attrs
-        if config.sampler == "grid" and not queued:
-            trial.set_user_attr("stray", "the grid was used up while this worker asked; nothing ran")
-            raise _GridDone
+        if config.sampler == "grid":
+            _check_grid_trial(study, trial)
         params = suggest(trial, config.space)
         shape = experiment.shape_of(params)
         trial.set_user_attr("shape", _shape_key(shape))
@@ -253,8 +251,10 @@ def run_worker(config: SweepConfig, *, progress: Progress | None = None, paralle
         current.clear()
         try:
             study.optimize(objective, n_trials=1, catch=())
-        except _GridDone:
-            return status(study, total)
+        except _NotRun as skip:
+            if skip.stop:
+                return status(study, total)
+            continue
         except KeyboardInterrupt:
             if "number" in current:
                 requeue(study, current["number"])
@@ -371,8 +371,35 @@ def _worker_main(config: SweepConfig, threads: int) -> None:
         sys.exit(2)
 
 
-class _GridDone(Exception):
-    """Every grid point was taken between a worker's check and its ask."""
+class _NotRun(Exception):
+    """A trial that was opened but must not train; ``stop``: nothing is left for this worker."""
+
+    def __init__(self, reason: str, stop: bool) -> None:
+        super().__init__(reason)
+        self.stop = stop
+
+
+def _check_grid_trial(study: Any, trial: Any) -> None:
+    """Refuse a grid trial that is not a queued point (every point was taken between this
+    worker's check and its ask) or whose point another trial already holds (two launchers
+    queued the grid at once). Either is recorded as a stray: failed, never retried, not counted."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    point = trials[trial.number].system_attrs.get("fixed_params")
+    if point is None:
+        reason, stop = "the grid was used up while this worker asked; nothing ran", True
+    elif any(
+        t.number < trial.number
+        and t.state is not TrialState.FAIL
+        and t.system_attrs.get("fixed_params") == point
+        for t in trials
+    ):
+        reason, stop = f"grid point {point} was queued twice; trial of the first copy ran instead", False
+    else:
+        return
+    trial.set_user_attr("stray", reason)
+    raise _NotRun(reason, stop)
 
 
 def _record(trial: Any, steps: int, seconds: float, flops: float, diverged: str = "", extra=None) -> None:
