@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
-from mutransfer.data import Batches, TokenData, factory_keywords
-from mutransfer.data import load as load_data
+from mutransfer.data import Batches, factory_keywords, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.grid import PARAMETRIZATIONS, Grid, grid
 from mutransfer.scaling import plan as make_plan
@@ -68,9 +67,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _load_data(args: argparse.Namespace, make_model: Callable) -> tuple[Batches, dict[str, object]]:
     """The data source, and the factory keywords it decides (the input size, the context
     length) for those the factory takes and ``--set`` leaves open."""
-    data = load_data(args.data)
-    if isinstance(data, TokenData):
-        data = data.with_block_size(args.block_size)
+    data = load_for_training(args.data, args.block_size)
     shape = parse_shape(args.set)
     filled = {k: v for k, v in factory_keywords(data, make_model).items() if k not in shape}
     if filled:

@@ -9,7 +9,7 @@ is ever downloaded. Each carries a ``fingerprint`` of its contents for run recor
 
 from mutransfer.data.batches import Batches, ImageData, TokenData
 from mutransfer.data.images import digits, fashion_mnist, mnist_5k
-from mutransfer.data.sources import SOURCES, factory_keywords, load
+from mutransfer.data.sources import SOURCES, factory_keywords, load, load_for_training
 from mutransfer.data.text import shakespeare, stdlib
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "factory_keywords",
     "fashion_mnist",
     "load",
+    "load_for_training",
     "mnist_5k",
     "shakespeare",
     "stdlib",

@@ -14,7 +14,7 @@ from mutransfer.data.images import digits, fashion_mnist, mnist_5k
 from mutransfer.data.text import shakespeare, stdlib
 from mutransfer.errors import MutransferError
 
-__all__ = ["SOURCES", "factory_keywords", "load"]
+__all__ = ["SOURCES", "factory_keywords", "load", "load_for_training"]
 
 SOURCES: dict[str, Callable[..., Batches]] = {
     "stdlib": stdlib,
@@ -40,6 +40,13 @@ def load(name: str, **kwargs: Any) -> Batches:
             f"data source {key!r} got options {sorted(kwargs)}; it accepts: {accepted}."
         ) from None
     return loader(**kwargs)
+
+
+def load_for_training(name: str, block_size: int) -> Batches:
+    """``load(name)``, with ``block_size`` as the context length when the source is text: what a
+    command or config that may name either kind of data needs."""
+    data = load(name)
+    return data.with_block_size(block_size) if isinstance(data, TokenData) else data
 
 
 def factory_keywords(data: Batches, make_model: Callable[..., Any]) -> dict[str, Any]:

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mutransfer.data import TokenData, factory_keywords
-from mutransfer.data import load as load_data
+from mutransfer.data import TokenData, factory_keywords, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.plan import plan as make_plan
@@ -71,11 +70,8 @@ class Experiment:
         self.data = None
         implied: dict[str, Any] = {}
         if config.data is not None:
-            data = load_data(config.data)
-            if isinstance(data, TokenData):
-                data = data.with_block_size(config.block_size)
-            self.data = data
-            implied = factory_keywords(data, self.make_model)
+            self.data = load_for_training(config.data, config.block_size)
+            implied = factory_keywords(self.data, self.make_model)
         elif self.train_fn is None:
             raise MutransferError('data: the built-in trainer needs a data source, e.g. data = "digits".')
         self.common = {**implied, **config.shape}
@@ -117,11 +113,10 @@ class Experiment:
 
     # ---- one trial -------------------------------------------------------------------------
     def run(self, params: Mapping[str, Value], report: Callable[[int, float], None]) -> Outcome:
-        """Train the proxy with ``params``. ``report(step, loss)`` may raise to prune; the
-        steps taken so far are then in ``self.last_steps`` for the cost accounting."""
+        """Train the proxy with ``params``; ``report(step, loss)`` sees every step's training
+        loss and may raise to prune the trial."""
         c = self.config
         shape = self.shape_of(params)
-        self.last_steps = 0
         model, optimizer = build_tuned(
             self.make_model,
             shape,
@@ -133,16 +128,17 @@ class Experiment:
             seed=c.seed,
             device=c.device,
         )
-        per_step = self.flops_per_step(shape) if self.data is not None else math.nan
-
-        def on_step(step: int, loss: float) -> None:
-            self.last_steps = step + 1
-            report(step, loss)
-
+        per_step = self.flops_per_step(shape)  # nan without data: nothing to count a step on
         if self.train_fn is not None:
+            taken = [0]
+
+            def on_step(step: int, loss: float) -> None:
+                taken[0] = step + 1
+                report(step, loss)
+
             run = ProxyRun(model, optimizer, dict(params), shape, c.steps, c.device, on_step)
             value = float(self.train_fn(run))
-            steps = self.last_steps or c.steps
+            steps = taken[0] or c.steps  # a function that never reports is taken to run them all
             reason = "" if math.isfinite(value) else f"your training function returned {value}"
             return Outcome(value if not reason else math.inf, steps, steps * per_step, reason)
         result = train(
@@ -156,7 +152,7 @@ class Experiment:
             seed=c.seed,
             eval_batches=c.eval_batches,
             device=c.device,
-            on_step=on_step,
+            on_step=report,
         )
         value = result.val_loss if c.metric == "val_loss" else result.train_loss
         return Outcome(

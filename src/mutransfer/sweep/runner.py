@@ -93,10 +93,8 @@ def status(study: Any, trials: int) -> Status:
     from optuna.trial import TrialState
 
     s = Status(trials=trials)
-    retried = set()
     all_trials = study.get_trials(deepcopy=False)
-    for t in all_trials:
-        retried.update(t.system_attrs.get("retry_history", []))
+    retried = _retried(all_trials)
     for t in all_trials:
         attrs = t.user_attrs
         s.seconds += attrs.get("seconds", 0.0)
@@ -220,8 +218,10 @@ def run_worker(config: SweepConfig, *, progress: Progress | None = None, paralle
         start = time.perf_counter()
         window: list[float] = []
         every = report_every(config)
+        taken = [0]  # steps trained, for the cost of a pruned trial
 
         def report(step: int, loss: float) -> None:
+            taken[0] = step + 1
             window.append(loss)
             if (step + 1) % every == 0:
                 trial.report(sum(window) / len(window), step + 1)
@@ -232,7 +232,7 @@ def run_worker(config: SweepConfig, *, progress: Progress | None = None, paralle
         try:
             outcome = experiment.run(params, report)
         except optuna.TrialPruned:
-            steps = experiment.last_steps
+            steps = taken[0]
             _record(trial, steps, time.perf_counter() - start, steps * experiment.flops_per_step(shape))
             raise
         # seconds: the trial's whole wall time (build, train, evaluate), as for a pruned trial
@@ -418,10 +418,15 @@ def _retry_failed(study: Any) -> None:
     from optuna.trial import TrialState
 
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    retried = _retried(trials)
     for t in trials:
         if t.state is TrialState.FAIL and t.number not in retried and not t.user_attrs.get("stray"):
             requeue(study, t.number)
+
+
+def _retried(trials: list[Any]) -> set[int]:
+    """Numbers of the trials that a later trial retries (Optuna's ``retry_history``)."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 def _recover_lost(study: Any, config: SweepConfig) -> None:
