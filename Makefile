@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench transfer pruning sweep coord-check grid clean
+.PHONY: demo test lint bench transfer pruning sweep coord-check coord-check-depth grid clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ transfer: $(VENV)/.installed
 coord-check: $(VENV)/.installed
 	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --set base_d_head=8 --compare-sp \
 		--sp-set base_d_head=None --out out/coord.png --json out/coord.json
+
+# the same over depth: CompleteP vs standard, the GPT at width 32 with 2..16 blocks (~20 s)
+coord-check-depth: $(VENV)/.installed
+	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --depths 2 4 8 16 --residual 'blocks.*proj' \
+		--set width=32 --block-size 64 --compare-sp --out out/coord-depth.png --json out/coord-depth.json
 
 # the README's width x LR grid of the reference GPT, standard vs muP (~8 min on 2 cores; resumes)
 grid: $(VENV)/.installed

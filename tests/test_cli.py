@@ -70,3 +70,27 @@ def test_coord_check_command_exits_1_when_a_module_grows(capsys):
 def test_coord_check_command_reports_bad_data_name(capsys):
     assert main(["coord-check", "mutransfer.models:MLP", "--data", "imagenet"]) == 2
     assert "choose one of" in capsys.readouterr().err
+
+
+def test_depth_flags_reach_the_plan_and_the_check(tmp_path, capsys):
+    args = [
+        "plan",
+        "mutransfer.models:GPT",
+        "--base",
+        "width=32",
+        "depth=2",
+        "--target",
+        "width=64",
+        "depth=4",
+    ]
+    assert main([*args, "--depth", "depth", "--residual", "blocks.*proj", "--optimizer-family", "muon"]) == 0
+    text = capsys.readouterr().out
+    assert "depth: depth 2 -> 4 blocks (m_L 2), alpha 1: branch multiplier 0.5" in text
+    assert "hidden (muon)" in text
+    png = tmp_path / "depth.png"
+    check = ["coord-check", "mutransfer.models:GPT", "--depths", "2", "4", "8", "--residual", "blocks.*proj"]
+    check += ["--set", "width=16", "--block-size", "16", "--steps", "2", "--seeds", "2", "--out", str(png)]
+    assert main(check) == 0
+    assert "growth exponent s of depth**s" in capsys.readouterr().out and png.stat().st_size > 10_000
+    assert main([*check, "--widths", "16", "32", "64"]) == 2
+    assert "give --widths or --depths, not both" in capsys.readouterr().err

@@ -220,14 +220,15 @@ def test_benchmark_quick_mode_runs(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads((tmp_path / "transfer-quick.json").read_text())
-    assert [m["model"] for m in record["models"]] == ["mlp", "gpt"]
+    assert [m["model"] for m in record["models"]] == ["mlp", "gpt", "gpt-depth"]
     for m in record["models"]:
         assert all((tmp_path / plot).exists() for plot in m["plots"])
-        assert list(m["summaries"]) == [
-            "standard",
-            f"muP (base {m['widths'][0]})",
-            f"muP (base {m['widths'][-1]})",
-        ]
+        sizes = m["sizes"]
+        assert list(m["summaries"]) == (
+            ["standard", f"CompleteP (base {sizes[0]})"]
+            if m["model"] == "gpt-depth"
+            else ["standard", f"muP (base {sizes[0]})", f"muP (base {sizes[-1]})"]
+        )
         assert set(m["targets"]) == {"mup_drift", "sp_drift", "mup_regret", "mup_best_vs_sp_best"}
     assert "| mlp | digits |" in done.stdout
 

@@ -13,7 +13,7 @@ import torch
 import mutransfer
 from mutransfer.cli import main
 from mutransfer.errors import MutransferError
-from mutransfer.models import MLP
+from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig, open_study, status
 from sweep_helpers import mlp_config
 
@@ -79,6 +79,50 @@ def test_the_file_round_trips_and_builds_a_trainable_target(swept, tmp_path):
         model, opt, mutransfer.data.digits(), steps=60, batch_size=32, eval_batches=4
     )
     assert run.val_loss < 1.0
+
+
+def test_sweep_on_a_shallow_proxy_transfers_to_a_deeper_wider_target(tmp_path):
+    """A GPT tuned at width 16 with 1 block goes to width 64 with 4 blocks: CompleteP on top of muP."""
+    config = SweepConfig(
+        factory="mutransfer.models:GPT",
+        data="stdlib",
+        block_size=16,
+        proxy={"width": 16, "depth": 1},
+        target={"width": 64, "depth": 4},
+        depth="depth",
+        residual=list(GPT.residual),
+        steps=4,
+        batch_size=2,
+        eval_batches=1,
+        trials=2,
+        space={"lr": Range(1e-3, 1e-2, log=True)},
+        storage=str(tmp_path / "deep.journal"),
+    )
+    mutransfer.sweep(config)
+    t = mutransfer.transfer(config)
+    assert t.plan.width_multiplier == 4 and t.plan.depth.multiplier == 4
+    assert "width x4, depth x4 from the base" in t.summary()
+    model = t.init_(GPT(**t.shape))
+    lrs = {
+        n: g["lr"]
+        for g in t.param_groups(model)
+        for p in g["params"]
+        for n, q in model.named_parameters()
+        if p is q
+    }
+    lr = t.hparams["lr"]
+    assert lrs["blocks.3.fc.weight"] == pytest.approx(lr / 4)  # width 1/m; alpha 1: no depth factor
+    assert lrs["blocks.3.fc_proj.weight"] == pytest.approx(lr / 16)  # and the absorbed 1/m_L
+    assert lrs["lm_head.weight"] == pytest.approx(lr / 4)
+    loaded = mutransfer.load_transfer(t.save(tmp_path / "deep.json") or tmp_path / "deep.json")
+    assert loaded.plan == t.plan
+
+
+def test_depth_settings_are_checked_with_the_rest():
+    with pytest.raises(MutransferError) as caught:
+        mlp_config(Path("."), depth="depth", alpha=2.0)
+    text = str(caught.value)
+    assert "residual: depth needs the residual branches" in text and "alpha: must lie in [0.5, 1]" in text
 
 
 def test_transfer_without_trials_and_missing_files_say_what_to_do(tmp_path):

@@ -2,6 +2,7 @@
 
 mutransfer plan mutransfer.models:GPT --base width=64 --target width=1024 --out plan.json
 mutransfer coord-check mutransfer.models:GPT --widths 32 64 128 256 --set base_d_head=8 --out coord.png
+mutransfer coord-check mutransfer.models:GPT --depths 2 4 8 16 --residual 'blocks.*proj' --compare-sp
 mutransfer grid mutransfer.models:MLP --data fashion-mnist --widths 128 256 512 1024 --json grid.json
 mutransfer sweep examples/sweep-mlp.toml --workers 2
 mutransfer transfer examples/sweep-mlp.toml --out target.json
@@ -56,7 +57,14 @@ def parse_shape(items: Sequence[str]) -> dict[str, object]:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    p = make_plan(load_factory(args.factory), base=parse_shape(args.base), target=parse_shape(args.target))
+    p = make_plan(
+        load_factory(args.factory),
+        base=parse_shape(args.base),
+        target=parse_shape(args.target),
+        depth=args.depth,
+        residual=args.residual,
+        alpha=args.alpha,
+    )
     print(p.summary(optimizer_family=args.optimizer_family))
     if args.out:
         p.save(args.out)
@@ -79,14 +87,13 @@ def _coord_check(args: argparse.Namespace) -> int:
     make_model = load_factory(args.factory)
     data, shape = _load_data(args, make_model)
     settings = dict(
-        widths=args.widths,
+        **_axis(args, default_widths=[32, 64, 128, 256]),
         data=data,
         steps=args.steps,
         seeds=args.seeds,
         lr=args.lr,
         optimizer=args.optimizer,
         batch_size=args.batch_size,
-        width_key=args.width_key,
         base=args.base,
         threshold=args.threshold,
         device=args.device,
@@ -131,13 +138,12 @@ def _grid(args: argparse.Namespace) -> int:
     try:
         result = grid(
             make_model,
-            widths=args.widths,
+            **_axis(args, default_widths=[32, 64, 128, 256]),
             lrs=lrs,
             data=data,
             parametrizations=args.parametrizations,
             shape=shape,
             sp_shape=parse_shape(args.sp_set),
-            width_key=args.width_key,
             base=args.base,
             steps=args.steps,
             batch_size=args.batch_size,
@@ -293,6 +299,34 @@ def _suffixed(path: str, tag: str, count: int) -> Path:
     return p if count == 1 else p.with_name(f"{p.stem}-{tag}{p.suffix}")
 
 
+def _axis(args: argparse.Namespace, default_widths: list[int]) -> dict[str, object]:
+    """The sizes to compare: --depths with the residual branches, else --widths."""
+    if args.depths:
+        if args.widths:
+            raise MutransferError("give --widths or --depths, not both.")
+        return dict(
+            depths=args.depths,
+            depth_key=args.depth_key,
+            residual=args.residual,
+            alpha=args.alpha,
+            width_key=args.width_key,
+        )
+    return dict(widths=args.widths or default_widths, width_key=args.width_key)
+
+
+def _depth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--residual",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="the last module of each residual branch, e.g. 'blocks.*.attn.proj' 'blocks.*.fc_proj'",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=1.0, help="depth exponent in [0.5, 1]: 1 CompleteP, 0.5 Depth-muP"
+    )
+
+
 def _model_and_data_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
     """The flags every training command shares: the factory, its keywords, the width and the data."""
     parser.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
@@ -301,7 +335,16 @@ def _model_and_data_arguments(parser: argparse.ArgumentParser, batch_size: int) 
         "--sp-set", nargs="+", default=[], metavar="KEY=VALUE", help="factory keywords for standard runs only"
     )
     parser.add_argument("--width-key", default="width", help="the factory keyword that sets the width")
-    parser.add_argument("--base", type=int, help="base width of the muP plan (default: the narrowest width)")
+    parser.add_argument(
+        "--depths", nargs="+", type=int, help="compare depths instead of widths (CompleteP; needs --residual)"
+    )
+    parser.add_argument(
+        "--depth-key", default="depth", help="the factory keyword that sets the number of blocks"
+    )
+    _depth_arguments(parser)
+    parser.add_argument(
+        "--base", type=int, help="base width (or depth) of the plan (default: the smallest compared)"
+    )
     parser.add_argument(
         "--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits"
     )
@@ -319,7 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
     p.add_argument("--base", nargs="+", required=True, metavar="KEY=VALUE", help="base shape keywords")
     p.add_argument("--target", nargs="+", required=True, metavar="KEY=VALUE", help="target shape keywords")
-    p.add_argument("--optimizer-family", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--depth", metavar="KEY", help="the keyword that sets the number of residual blocks")
+    _depth_arguments(p)
+    p.add_argument("--optimizer-family", default="adam", choices=["adam", "sgd", "muon"])
     p.add_argument("--out", help="write the plan as JSON here")
     p.set_defaults(run=_plan)
 
@@ -330,11 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
         "2 on bad input.",
     )
     _model_and_data_arguments(c, batch_size=8)
-    c.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256], help="at least 3 widths")
+    c.add_argument("--widths", nargs="+", type=int, help="at least 3 widths (default 32 64 128 256)")
     c.add_argument("--steps", type=int, default=4, help="training steps per width (default 4)")
     c.add_argument("--seeds", type=int, default=3, help="seeds averaged per width (default 3)")
     c.add_argument("--lr", type=float, default=3e-3, help="base learning rate (default 3e-3)")
-    c.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
+    c.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
     c.add_argument(
         "--compare-sp", action="store_true", help="also run standard parametrization, side by side"
     )
@@ -360,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Cells are saved as they finish; rerunning the same command resumes.",
     )
     _model_and_data_arguments(g, batch_size=32)
-    g.add_argument("--widths", nargs="+", type=int, default=[32, 64, 128, 256], help="at least 2 widths")
+    g.add_argument("--widths", nargs="+", type=int, help="at least 2 widths (default 32 64 128 256)")
     lr = g.add_mutually_exclusive_group()
     lr.add_argument(
         "--log2-lrs",

@@ -24,6 +24,12 @@ module the RMS of
 - ``scale``: for an ``AttentionLogits`` hook point, the logit scale times ``d_head`` (muP:
   constant, since the scale is ``1/d_head``).
 
+Over depth (``depths=[2, 4, 8, 16], residual=GPT.residual``) the same measures are taken per
+block and averaged over the blocks (``blocks.*.fc`` stands for every block's ``fc``), the
+blocks' outputs (the residual stream) are watched too, and the exponent is fitted against the
+number of blocks: under CompleteP nothing grows with depth, while without a branch multiplier
+the residual stream and its updates grow with every block added.
+
 For each it fits the growth exponent ``s`` of ``value ~ width**s`` (least-squares slope on
 log-log axes, values averaged over seeds first). A module fails when an exponent exceeds
 ``threshold``. It is a *cause* when its own update, its attention scale or its initial output
@@ -49,7 +55,7 @@ from mutransfer.errors import MutransferError
 from mutransfer.scaling.forward import AttentionLogits
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
-from mutransfer.train import LossFn, OptimizerSpec, build, cross_entropy, optimizer_class, width_plan
+from mutransfer.train import LossFn, OptimizerSpec, axis_of, build, cross_entropy, optimizer_class
 
 __all__ = ["GROWTH_THRESHOLD", "CoordCheck", "ModuleCheck", "coord_check"]
 
@@ -101,7 +107,8 @@ class CoordCheck:
     ``curves[measure][module][i][t]``: the seed-mean value at ``widths[i]`` before step ``t``
     for ``measure`` in ``rms``, ``change``, ``update``, ``input`` (the input's RMS; for
     attention logits the product of the q and k sizes) and ``scale``; ``change`` and
-    ``update`` are nan at step 0. ``loss[i][t]`` is the probe batch's loss.
+    ``update`` are nan at step 0. ``loss[i][t]`` is the probe batch's loss. ``axis`` says what
+    ``widths`` counts: ``width``, or ``depth`` (numbers of blocks).
     """
 
     parametrization: str
@@ -115,6 +122,7 @@ class CoordCheck:
     loss: list[list[float]]
     modules: tuple[ModuleCheck, ...]
     settings: dict[str, Any] = field(default_factory=dict)
+    axis: str = "width"
 
     @property
     def passed(self) -> bool:
@@ -138,23 +146,25 @@ class CoordCheck:
             for m in self.modules
         ]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        axis = self.axis
         lines = [
-            f"coordinate check ({self.parametrization}, widths {list(self.widths)}, {self.steps} steps, "
-            f"{self.seeds} seeds, {self.optimizer} lr {self.lr:g}): growth exponent s of width**s; "
+            f"coordinate check ({self.parametrization}, {axis}s {list(self.widths)}, {self.steps} steps, "
+            f"{self.seeds} seeds, {self.optimizer} lr {self.lr:g}): growth exponent s of {axis}**s; "
             f"fail above {self.threshold:g}"
+            + ("; 'change' inside the blocks is shown, not judged" if axis == "depth" else "")
         ]
         lines += [
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]
         ]
         failures = self.failures
         lines.append(
-            "PASSED: no module grows with width"
+            f"PASSED: no module grows with {axis}"
             if not failures
-            else f"FAILED: {len(failures)} of {len(self.modules)} modules grow with width"
+            else f"FAILED: {len(failures)} of {len(self.modules)} modules grow with {axis}"
         )
         by_hint: dict[str, list[str]] = {}
         for m in failures:
-            if m.cause or m.status == "diverged":
+            if m.cause or m.status == "diverged" or not any(f.cause for f in failures):
                 by_hint.setdefault(m.hint, []).append(m.name)
         lines += [f"  {', '.join(names)}: {hint}" for hint, names in by_hint.items()]
         return "\n".join(lines)
@@ -177,7 +187,8 @@ class CoordCheck:
 def coord_check(
     make_model: Callable[..., nn.Module],
     *,
-    widths: Sequence[int],
+    widths: Sequence[int] = (),
+    depths: Sequence[int] = (),
     data: Batches,
     steps: int = 4,
     seeds: int = 3,
@@ -187,6 +198,9 @@ def coord_check(
     parametrization: Parametrization = "mup",
     shape: Mapping[str, Any] | None = None,
     width_key: str = "width",
+    depth_key: str = "depth",
+    residual: Sequence[str] = (),
+    alpha: float = 1.0,
     base: int | None = None,
     batch_size: int = 8,
     loss: LossFn | None = None,
@@ -207,23 +221,29 @@ def coord_check(
     ``modules`` are name patterns to watch (default: every module that holds parameters, and
     every ``AttentionLogits`` hook point). ``progress(done, total, label)`` is called per run.
     Build the model without dropout: the model and its initial copy would draw different masks.
+
+    ``depths=`` instead of ``widths=`` checks depth: ``depth_key`` varies, ``shape`` holds the
+    width, and "mup" is the CompleteP plan (``residual``, ``alpha``; see ``mutransfer.plan``).
     """
-    widths = sorted(int(w) for w in widths)
-    if len(set(widths)) < 3:
+    axis, widths = axis_of(
+        widths, depths, width_key=width_key, depth_key=depth_key, residual=residual, alpha=alpha
+    )
+    if len(widths) < 3:
         raise MutransferError(
-            f"a coordinate check needs at least 3 distinct widths to fit a slope, got {widths}. "
-            "Fix: e.g. widths=[32, 64, 128, 256]."
+            f"a coordinate check needs at least 3 distinct {axis.name}s to fit a slope, got {widths}. "
+            f"Fix: e.g. {axis.name}s=[32, 64, 128, 256]."
         )
     if steps < 1 or seeds < 1:
         raise MutransferError(f"steps and seeds must be at least 1, got steps={steps}, seeds={seeds}.")
     if parametrization not in ("mup", "sp"):
         raise MutransferError(f"parametrization must be 'mup' or 'sp', got {parametrization!r}.")
-    optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
+    _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
     shape = dict(shape or {})
     base = widths[0] if base is None else base
     loss = loss or cross_entropy
-    plans = {w: width_plan(make_model, shape, width_key, base, w) for w in widths}
-    kinds = _module_kinds(plans[widths[-1]])
+    plans = {w: axis.plan(make_model, shape, base, w) for w in widths}
+    blocks = _Blocks(plans) if axis.name == "depth" else None
+    kinds = _module_kinds(plans[widths[-1]], blocks)
 
     total, done = len(widths) * seeds, 0
     runs: dict[str, list[list[list[float]]]] = {}  # "measure:module" -> width -> seed -> step
@@ -232,21 +252,26 @@ def coord_check(
     for i, w in enumerate(widths):
         for seed in range(seeds):
             if progress:
-                progress(done, total, f"width {w} seed {seed}")
-            plan = plans[w] if parametrization == "mup" else None
+                progress(done, total, f"{axis.name} {w} seed {seed}")
+            plan, zeroed = (plans[w], zero) if parametrization == "mup" else (None, ())
+            if plan is None and family == "muon":  # Muon needs roles: the identity plan is standard
+                plan = axis.plan(make_model, shape, w, w)
             model, opt = build(
                 make_model,
-                {**shape, width_key: w},
+                {**shape, axis.key: w},
                 plan=plan,
                 lr=lr,
                 optimizer=optimizer,
                 optimizer_family=optimizer_family,
                 init_law=init_law,
-                zero=zero,
+                zero=zeroed,
                 seed=seed,
                 device=device,
             )
-            run = _run(model, opt, data, steps, seed, batch_size, loss, modules, device)
+            extra = blocks.roots(w) if blocks and modules is None else ()
+            run = _run(model, opt, data, steps, seed, batch_size, loss, modules, device, extra)
+            if blocks:
+                run = blocks.merge(run)
             order += [n for n in run.order if n not in order]
             kinds.update(dict.fromkeys(run.attention, "attention"))
             for key, series in run.series.items():
@@ -271,8 +296,10 @@ def coord_check(
         threshold=threshold,
         curves=curves,
         loss=mean_loss,
-        modules=_judge(order, kinds, widths, curves, mean_loss, threshold),
-        settings={"base": base, "shape": shape, "width_key": width_key, "batch_size": batch_size},
+        modules=_judge(order, kinds, widths, curves, mean_loss, threshold, axis.name),
+        settings={"base": base, "shape": shape, "width_key": axis.key, "batch_size": batch_size}
+        | ({"residual": list(axis.residual), "alpha": axis.alpha} if blocks else {}),
+        axis=axis.name,
     )
 
 
@@ -285,8 +312,10 @@ class _Run:
     attention: set[str]  # the AttentionLogits hook points among them
 
 
-def _run(model, optimizer, data, steps, seed, batch_size, loss_fn, patterns, device) -> _Run:
+def _run(model, optimizer, data, steps, seed, batch_size, loss_fn, patterns, device, extra=()) -> _Run:
     watched = _watched(model, patterns)
+    named = {canonical_name(n): m for n, m in model.named_modules()}
+    watched |= {n: named[n] for n in extra}
     initial = copy.deepcopy(model)  # before any hook: calling its modules records nothing
     initial_modules = {canonical_name(n): m for n, m in initial.named_modules()}
     series: dict[str, list[float]] = {}
@@ -369,7 +398,8 @@ def _input_rms(args: tuple, is_logits: bool) -> float:
 
 
 # ---- judging ---------------------------------------------------------------------------------
-def _judge(order, kinds, widths, curves, loss, threshold) -> tuple[ModuleCheck, ...]:
+def _judge(order, kinds, widths, curves, loss, threshold, axis="width") -> tuple[ModuleCheck, ...]:
+    # over depth, _inside_blocks modules are judged on rms and update only
     diverged = _divergence(widths, loss)
     steps = len(loss[0])
     measured = []
@@ -380,7 +410,8 @@ def _judge(order, kinds, widths, curves, loss, threshold) -> tuple[ModuleCheck, 
         if diverged or any(math.isinf(s) for m in ("rms", "change", "update") for s in slopes[m]):
             status = "diverged"
         else:
-            status = "grows" if max(_finite(s) for s in worst.values()) > threshold else "ok"
+            judged = [s for m, s in worst.items() if m != "change" or not _inside_blocks(name, kinds, axis)]
+            status = "grows" if max(_finite(s) for s in judged) > threshold else "ok"
         reason = _own_growth(worst, slopes, threshold) if status == "grows" else None
         measured.append((name, kinds.get(name, "other"), worst, status, reason))
     first_cause = next((name for name, _, _, _, reason in measured if reason), None)
@@ -390,15 +421,27 @@ def _judge(order, kinds, widths, curves, loss, threshold) -> tuple[ModuleCheck, 
             hint = diverged or "its output is not finite at some width: training diverged. Fix: lower lr."
         elif status == "ok":
             hint = ""
+        elif reason and axis == "depth":
+            hint = _DEPTH_HINT
         elif reason:
             hint = _hint(kind, reason)
         elif first_cause:
             hint = f"grows because its input grows; the growth starts at {first_cause}"
+        elif axis == "depth":
+            hint = _DEPTH_HINT
         else:
             hint = "grows a little in each of several modules; check that the plan covers every layer"
         slopes = (worst["rms"], worst["change"], worst["update"], worst["scale"])
         verdicts.append(ModuleCheck(name, kind, *slopes, status=status, cause=reason is not None, hint=hint))
     return tuple(verdicts)
+
+
+def _inside_blocks(name: str, kinds: Mapping[str, str], axis: str) -> bool:
+    """A module inside the blocks of a depth check, where ``change`` is shown but not judged: at
+    a few blocks the first block sees only the embeddings, and how far its normalised features
+    move grows with depth under CompleteP and standard alike (benchmarks/README.md). Depth
+    theory speaks of the residual stream (the blocks' outputs) and each module's own updates."""
+    return axis == "depth" and "*" in name and kinds.get(name) != "block"
 
 
 def _own_growth(worst: dict[str, float], slopes: dict[str, list[float]], threshold: float) -> str | None:
@@ -411,6 +454,13 @@ def _own_growth(worst: dict[str, float], slopes: dict[str, list[float]], thresho
     if _finite(slopes["rms"][0]) - _finite(slopes["input"][0]) > threshold:
         return "init"
     return None
+
+
+_DEPTH_HINT = (
+    "grows with the number of blocks: the residual branches are not scaled. Fix: a depth plan, "
+    "mutransfer.plan(..., depth='depth', residual=[each branch's last module]) (CompleteP: branch "
+    "multiplier m_L**-alpha, blocks' lr x m_L**(alpha-1))."
+)
 
 
 def _hint(kind: str, reason: str) -> str:
@@ -476,14 +526,52 @@ def _slope(widths: Sequence[int], values: Sequence[float]) -> float:
 
 
 # ---- set-up helpers --------------------------------------------------------------------------
-def _module_kinds(plan: Plan) -> dict[str, str]:
-    """Module name -> the strongest role among its own parameters (``output`` beats ``hidden``)."""
+def _module_kinds(plan: Plan, blocks: _Blocks | None = None) -> dict[str, str]:
+    """Module name -> the strongest role among its own parameters (``output`` beats ``hidden``);
+    over depth, every block's module under its pattern (``blocks.*.fc``), blocks as ``block``."""
+    rename = blocks.pattern if blocks else (lambda name: name)
     roles: dict[str, set[Role]] = {}
     for p in plan.params:
         for name in p.names:
-            roles.setdefault(name.rpartition(".")[0], set()).add(p.role)
+            roles.setdefault(rename(name.rpartition(".")[0]), set()).add(p.role)
     kinds = {m: next(r.value for r in _KIND_ORDER if r in rs) for m, rs in roles.items()}
-    return kinds | dict.fromkeys(plan.tied_readouts, Role.OUTPUT.value)
+    if blocks:
+        kinds |= {rename(r): "block" for r in plan.depth.roots}
+    return kinds | dict.fromkeys(map(rename, plan.tied_readouts), Role.OUTPUT.value)
+
+
+class _Blocks:
+    """Over depth, the same module of every block is one entry, ``blocks.*.fc``, whose values are
+    the mean over the blocks: a model with 8 blocks and one with 2 can be compared."""
+
+    def __init__(self, plans: Mapping[int, Plan]) -> None:
+        self._roots = {d: plan.depth.roots for d, plan in plans.items()}
+        if not any(self._roots.values()):
+            raise MutransferError(
+                "a coordinate check over depth needs the blocks in a ModuleList or Sequential whose "
+                "length is the depth keyword; none was found. Fix: keep the blocks in an nn.ModuleList."
+            )
+        self._all = {r for roots in self._roots.values() for r in roots}
+
+    def roots(self, depth: int) -> tuple[str, ...]:
+        return self._roots[depth]
+
+    def pattern(self, name: str) -> str:
+        """``blocks.3.attn.qkv`` -> ``blocks.*.attn.qkv``; names outside the blocks unchanged."""
+        parts = name.split(".")
+        for i in range(len(parts), 0, -1):
+            if ".".join(parts[:i]) in self._all:
+                return ".".join([*parts[: i - 1], "*", *parts[i:]])
+        return name
+
+    def merge(self, run: _Run) -> _Run:
+        grouped: dict[str, list[list[float]]] = {}
+        for key, values in run.series.items():
+            measure, _, name = key.partition(":")
+            grouped.setdefault(f"{measure}:{self.pattern(name)}", []).append(values)
+        series = {k: _mean(v) for k, v in grouped.items()}
+        order = list(dict.fromkeys(self.pattern(n) for n in run.order))
+        return _Run(series, run.losses, order, {self.pattern(n) for n in run.attention})
 
 
 def _mean(runs: list[list[float]]) -> list[float]:

@@ -10,6 +10,9 @@
     >>> result.summary("mup").drift < result.summary("sp").drift   # doctest: +SKIP
     True
 
+The same grid over depths (``depths=[2, 4, 8], residual=GPT.residual``) checks CompleteP's
+claim that the best learning rate also stays put as the model deepens.
+
 Every cell trains ``make_model(**shape, width=w)`` from the same seed on the same batches with
 learning rate ``lr`` (warmup, then cosine decay) and records its validation loss; a diverged
 cell is recorded with its reason. Per width, the optimal log2 LR is the vertex of the parabola
@@ -42,12 +45,12 @@ from mutransfer.errors import MutransferError
 from mutransfer.train import (
     LossFn,
     OptimizerSpec,
+    axis_of,
     build,
     check_budget,
     cross_entropy,
     optimizer_class,
     train,
-    width_plan,
 )
 
 __all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "grid", "transfer_lr"]
@@ -60,7 +63,8 @@ GridProgress = Callable[[int, int, str, float | None], None]
 @dataclass(frozen=True)
 class Cell:
     """One training run of the grid. ``val_loss`` is ``inf`` when it ``diverged`` (the reason).
-    ``transfer`` marks the extra run at the widest width with the narrowest width's optimum."""
+    ``transfer`` marks the extra run at the widest width with the narrowest width's optimum.
+    In a depth grid ``width`` is the number of blocks (and "widest" the deepest)."""
 
     parametrization: str
     width: int
@@ -155,12 +159,19 @@ class Grid:
             regret=regret,
         )
 
+    @property
+    def axis(self) -> str:
+        """What the grid varies: ``width`` or ``depth``."""
+        return self.protocol.get("axis", "width")
+
     def table(self) -> str:
         """The loss of every cell (``*`` the best per width), then optimum, drift and regret."""
         p = self.protocol
+        axis = self.axis
         lines = [
-            f"width x LR grid: {p['factory']} on {p['data']}, {p['steps']} steps of batch {p['batch_size']}, "
-            f"{p['optimizer']}, warmup {p['warmup']:g} then {p['schedule']}; validation loss"
+            f"{axis} x LR grid: {p['factory']} on {p['data']}, {p['steps']} steps of batch "
+            f"{p['batch_size']}, {p['optimizer']}, warmup {p['warmup']:g} then {p['schedule']}; "
+            "validation loss"
         ]
         head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
         summaries = [self.summary(name) for name in self.parametrizations]
@@ -169,16 +180,17 @@ class Grid:
             for o in s.optima:
                 losses = [self.loss(name, o.width, lr) for lr in self.lrs]
                 cells = [_cell_text(v, v == o.loss) for v in losses]
-                rows.append([f"width {o.width}", *cells, _optimum_text(o)])
+                rows.append([f"{axis} {o.width}", *cells, _optimum_text(o)])
             sizes = [max(len(r[i]) for r in rows) for i in range(len(head))]
-            base = f" (base width {p['base']})" if name == "mup" else ""
-            lines += ["", f"{PARAMETRIZATIONS.get(name, name)}{base}:"]
+            base = f" (base {axis} {p['base']})" if name == "mup" else ""
+            label = "CompleteP" if name == "mup" and axis == "depth" else PARAMETRIZATIONS.get(name, name)
+            lines += ["", f"{label}{base}:"]
             lines += ["  " + "  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
-            lines.append(_verdict_text(s, self.widths))
+            lines.append(_verdict_text(s, self.widths, axis))
         edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
         if edge:
             lines.append(
-                f"note: at widths {edge} the best LR is at the grid's edge, so the optimum may lie "
+                f"note: at {axis}s {edge} the best LR is at the grid's edge, so the optimum may lie "
                 "outside it. Fix: extend the LR range on that side."
             )
         return "\n".join(lines)
@@ -224,13 +236,17 @@ class Grid:
 def grid(
     make_model: Callable[..., nn.Module],
     *,
-    widths: Sequence[int],
+    widths: Sequence[int] = (),
+    depths: Sequence[int] = (),
     lrs: Sequence[float],
     data: Batches,
     parametrizations: Sequence[str] = ("sp", "mup"),
     shape: Mapping[str, Any] | None = None,
     sp_shape: Mapping[str, Any] | None = None,
     width_key: str = "width",
+    depth_key: str = "depth",
+    residual: Sequence[str] = (),
+    alpha: float = 1.0,
     base: int | None = None,
     steps: int = 300,
     batch_size: int = 32,
@@ -255,12 +271,18 @@ def grid(
     narrowest width, where muP and standard parametrization coincide) with ``init_law`` and
     ``zero`` as in ``Plan.init_``. ``lrs`` are base learning rates, best spaced evenly in log2.
     ``path``: save after every cell and resume from it. ``progress`` is told before every cell.
+
+    ``depths=`` instead of ``widths=`` makes a depth grid: ``depth_key`` varies, ``shape`` holds
+    the width, and "mup" is the CompleteP plan (``residual``, ``alpha``; see ``mutransfer.plan``)
+    from ``base`` blocks.
     """
-    widths = sorted({int(w) for w in widths})
+    axis, widths = axis_of(
+        widths, depths, width_key=width_key, depth_key=depth_key, residual=residual, alpha=alpha
+    )
     lrs = sorted({float(lr) for lr in lrs})
     if len(widths) < 2:
         raise MutransferError(
-            f"a grid needs at least 2 widths, got {widths}. Fix: e.g. widths=[128, 256, 512]."
+            f"a grid needs at least 2 {axis.name}s, got {widths}. Fix: e.g. {axis.name}s=[128, 256, 512]."
         )
     if len(lrs) < 3 or lrs[0] <= 0:
         raise MutransferError(
@@ -274,7 +296,7 @@ def grid(
         )
     if seeds < 1:
         raise MutransferError(f"seeds must be at least 1, got {seeds}.")
-    optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
+    _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
     check_budget(steps, batch_size, eval_batches, warmup, schedule)
     shape = dict(shape or {})
     base = widths[0] if base is None else int(base)
@@ -286,7 +308,7 @@ def grid(
         "block_size": getattr(data, "block_size", None),
         "shape": shape,
         "sp_shape": dict(sp_shape or {}),
-        "width_key": width_key,
+        "width_key": axis.key,
         "base": base,
         "steps": steps,
         "batch_size": batch_size,
@@ -299,6 +321,8 @@ def grid(
         "eval_batches": eval_batches,
         "loss": _name(loss or cross_entropy),
     }
+    if axis.name == "depth":  # only then, so width grids saved before depth existed still resume
+        protocol |= {"axis": "depth", "residual": list(axis.residual), "alpha": axis.alpha}
     result = Grid(protocol, tuple(widths), tuple(lrs), tuple(parametrizations), seeds)
     if path is not None and Path(path).exists():
         result = _resume(Grid.load(path), result, path)
@@ -320,26 +344,24 @@ def grid(
         zero=zero,
         device=device,
     )
-    sizes = {w: _parameter_count(make_model, {**shape, width_key: w}) for w in widths}
+    sizes = {w: _parameter_count(make_model, {**shape, axis.key: w}) for w in widths}
     clock = _Clock(sizes)
-    plans = (
-        {w: width_plan(make_model, shape, width_key, base, w) for w in widths}
-        if "mup" in parametrizations
-        else {}
-    )
+    plans = {w: axis.plan(make_model, shape, base, w) for w in widths} if "mup" in parametrizations else {}
 
     def run(cell: tuple[str, int, float, int, bool]) -> Cell:
         name, width, lr, seed, transfer = cell
-        plan = plans[width] if name == "mup" else None
+        plan, settings = plans.get(width) if name == "mup" else None, build_settings
+        if name == "sp" and family == "muon":  # Muon needs roles: the identity plan is standard
+            plan, settings = axis.plan(make_model, shapes["sp"], width, width), {**build_settings, "zero": ()}
         model, opt = build(
-            make_model, {**shapes[name], width_key: width}, plan=plan, lr=lr, seed=seed, **build_settings
+            make_model, {**shapes[name], axis.key: width}, plan=plan, lr=lr, seed=seed, **settings
         )
         try:
             r = train(model, opt, seed=seed, **run_settings)
         except (RuntimeError, TypeError, IndexError) as exc:  # not divergence: a bug to show
             raise MutransferError(
-                f"training the {_label(cell)} failed: {type(exc).__name__}: {exc}. The cells done so far "
-                "are saved. Check that the model's inputs match the data (factory keywords in shape=)."
+                f"training the {_label(cell, axis.name)} failed: {type(exc).__name__}: {exc}. The cells done "
+                "so far are saved. Check that the model's inputs match the data (factory keywords in shape=)."
             ) from exc
         return Cell(
             name, width, lr, seed, r.val_loss, r.train_loss, r.steps, r.seconds, r.diverged, transfer, r.curve
@@ -350,7 +372,7 @@ def grid(
             # the transfer runs are listed once the narrowest width is done: until then, count them
             narrowest_left = any(w == widths[0] for _, w, _, _, _ in todo)
             total = len(result.cells) + len(todo) + (seeds * len(parametrizations) if narrowest_left else 0)
-            progress(len(result.cells), total, _label(todo[0]), clock.left(todo))
+            progress(len(result.cells), total, _label(todo[0], axis.name), clock.left(todo))
         cell = run(todo[0])
         clock.add(cell)
         result = _with_cell(result, cell)
@@ -475,10 +497,10 @@ def _parameter_count(make_model: Callable[..., nn.Module], shape: Mapping[str, A
         return sum(p.numel() for p in make_model(**shape).parameters())
 
 
-def _label(cell: tuple[str, int, float, int, bool]) -> str:
+def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
     name, width, lr, seed, transfer = cell
     what = "transfer run" if transfer else "cell"
-    return f"{what} {PARAMETRIZATIONS[name]} width {width} lr 2^{math.log2(lr):.3g} seed {seed}"
+    return f"{what} {PARAMETRIZATIONS[name]} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
 
 
 def _name(obj: Any) -> str:
@@ -520,12 +542,12 @@ def _optimum_text(o: Optimum) -> str:
     return f"2^{o.log2_lr:.2f} ({o.method})"
 
 
-def _verdict_text(s: Summary, widths: Sequence[int]) -> str:
+def _verdict_text(s: Summary, widths: Sequence[int], axis: str = "width") -> str:
     drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
-    text = f"  drift of the optimum over widths {widths[0]}..{widths[-1]}: {drift} log2 units"
+    text = f"  drift of the optimum over {axis}s {widths[0]}..{widths[-1]}: {drift} log2 units"
     if not math.isnan(s.regret):
         text += (
-            f"\n  regret: width {widths[-1]} at width {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "
+            f"\n  regret: {axis} {widths[-1]} at {axis} {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "
             f"reaches {s.transfer_loss:.4f}, its best is {s.best_loss:.4f}: {100 * s.regret:+.2f}%"
         )
     return text

@@ -27,6 +27,7 @@ _KIND_COLOURS = {
     "vector": "#7f7f7f",
     "attention": "#9467bd",
     "output": "#ff7f0e",
+    "block": "#d62728",  # over depth: the blocks' outputs, the residual stream
     "other": "#8c564b",
 }
 _MEASURES = {
@@ -73,7 +74,8 @@ def plot_coord_check(
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     what = _MEASURES[measure]
-    fig.suptitle(f"Coordinate check: {what} against width (flat = width-independent)")
+    axis = results[0].axis
+    fig.suptitle(f"Coordinate check: {what} against {axis} (flat = {axis}-independent)")
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -82,6 +84,9 @@ def plot_coord_check(
 def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
     curves = result.curves[measure]
     verdicts = {m.name: m for m in result.modules}
+    # drawn thick: the causes, or every failure when none is a cause (as the table's hints)
+    no_cause = not any(m.cause for m in result.failures)
+    marked = {m.name for m in result.failures if m.cause or no_cause}
     for t, ax in enumerate(row, start=first):
         for name, per_width in curves.items():
             m = verdicts[name]
@@ -90,9 +95,9 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
                 result.widths,
                 ys,
                 color=_KIND_COLOURS.get(m.kind, _KIND_COLOURS["other"]),
-                lw=2.4 if m.cause else 0.9,
-                alpha=1.0 if m.cause else 0.55,
-                marker="o" if m.cause else None,
+                lw=2.4 if name in marked else 0.9,
+                alpha=1.0 if name in marked else 0.55,
+                marker="o" if name in marked else None,
                 ms=3,
             )
         ax.set_xscale("log", base=2)
@@ -102,9 +107,10 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both", lw=0.4)
     verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} modules grow)"
-    row[0].set_ylabel(
-        f"{PARAMETRIZATIONS.get(result.parametrization, result.parametrization)}\n{verdict}", fontsize=9
-    )
+    label = PARAMETRIZATIONS.get(result.parametrization, result.parametrization)
+    if result.parametrization == "mup" and result.axis == "depth":
+        label = "CompleteP"
+    row[0].set_ylabel(f"{label}\n{verdict}", fontsize=9)
     row[0].yaxis.label.set_color("#2ca02c" if result.passed else "#d62728")
 
 
@@ -147,7 +153,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
                 color=colour,
                 ms=3,
                 lw=1.4,
-                label=f"width {o.width}",
+                label=f"{result.axis} {o.width}",
             )
             bad = [x for x, y in zip(xs, ys, strict=True) if math.isinf(y)]
             if bad:  # drawn on the top edge
@@ -158,7 +164,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
             ax.axvline(s.transfer_log2_lr, color="grey", ls=":", lw=1)
             if math.isfinite(s.transfer_loss):
                 ax.plot(s.transfer_log2_lr, min(s.transfer_loss, top), "o", mfc="none", mec="black", ms=9)
-        title = PARAMETRIZATIONS.get(name, name)
+        title = "CompleteP" if name == "mup" and result.axis == "depth" else PARAMETRIZATIONS.get(name, name)
         drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
         regret = "n/a" if math.isnan(s.regret) else f"{100 * s.regret:.1f}%"
         ax.set_title(f"{title}: optimum drift {drift} log2, regret {regret}", fontsize=10)
@@ -168,9 +174,10 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
     axes[0][0].set_ylabel("validation loss")
     axes[0][-1].legend(fontsize=8, loc="upper right")
     p = result.protocol
+    ring = "deepest at the shallowest" if result.axis == "depth" else "widest at the narrowest"
     fig.suptitle(
         f"{p['factory'].rpartition(':')[2]} on {p['data']}: {p['steps']} steps, {p['optimizer']} "
-        f"(x: diverged; *: optimum; ring: widest at the narrowest's optimum)",
+        f"(x: diverged; *: optimum; ring: {ring}'s optimum)",
         fontsize=10,
     )
     fig.savefig(path, dpi=110)

@@ -29,16 +29,20 @@ from torch.nn import functional as F
 
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError
+from mutransfer.optim import OPTIMIZERS
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.plan import plan as make_plan
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "Axis",
     "Run",
+    "axis_of",
     "build",
     "check_budget",
     "cross_entropy",
+    "depth_plan",
     "evaluate",
     "lr_factor",
     "optimizer_class",
@@ -50,12 +54,6 @@ __all__ = [
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerSpec = str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
-# name -> (class, the plan's optimizer family, which decides the hidden-layer LR rule)
-OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
-    "adam": (torch.optim.Adam, "adam"),
-    "adamw": (torch.optim.AdamW, "adam"),
-    "sgd": (torch.optim.SGD, "sgd"),
-}
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -106,6 +104,81 @@ def width_plan(
     return make_plan(make_model, base=base_shape, target=target, probe=probe)
 
 
+def depth_plan(
+    make_model: Callable[..., nn.Module],
+    shape: Mapping[str, Any],
+    depth_key: str,
+    base: int,
+    depth: int,
+    residual: Sequence[str],
+    alpha: float = 1.0,
+    width_key: str = "width",
+) -> Plan:
+    """CompleteP from ``base`` to ``depth`` blocks, at the width ``shape`` gives (the probe
+    doubles ``width_key`` so the plan knows every tensor's role)."""
+    probe = {**shape, width_key: 2 * shape[width_key]} if width_key in shape else None
+    return make_plan(
+        make_model,
+        base={**shape, depth_key: base},
+        target={**shape, depth_key: depth},
+        probe=probe,
+        depth=depth_key,
+        residual=residual,
+        alpha=alpha,
+    )
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The size a coordinate check or a grid varies: a width keyword (muP), or a depth keyword
+    with the residual branches' last modules (CompleteP with exponent ``alpha``)."""
+
+    key: str = "width"
+    residual: tuple[str, ...] = ()
+    alpha: float = 1.0
+    width_key: str = "width"
+
+    @property
+    def name(self) -> str:
+        return "depth" if self.residual else "width"
+
+    def plan(
+        self, make_model: Callable[..., nn.Module], shape: Mapping[str, Any], base: int, size: int
+    ) -> Plan:
+        if self.residual:
+            return depth_plan(
+                make_model, shape, self.key, base, size, self.residual, self.alpha, self.width_key
+            )
+        return width_plan(make_model, shape, self.key, base, size)
+
+
+def axis_of(
+    widths: Sequence[int],
+    depths: Sequence[int],
+    *,
+    width_key: str = "width",
+    depth_key: str = "depth",
+    residual: Sequence[str] = (),
+    alpha: float = 1.0,
+) -> tuple[Axis, list[int]]:
+    """The axis and its sorted sizes from a ``widths=`` or ``depths=`` argument (exactly one)."""
+    if bool(widths) == bool(depths):
+        raise MutransferError(
+            "give exactly one of widths= (muP across widths) or depths= (CompleteP across depths, "
+            "with residual= patterns of each branch's last module)."
+        )
+    if depths:
+        if isinstance(residual, str):
+            residual = [residual]
+        if not residual:
+            raise MutransferError(
+                "depths= needs residual=, name patterns of each residual branch's last module, e.g. "
+                "residual=GPT.residual or ['blocks.*.attn.proj', 'blocks.*.fc_proj']."
+            )
+        return Axis(depth_key, tuple(residual), float(alpha), width_key), sorted({int(d) for d in depths})
+    return Axis(width_key), sorted({int(w) for w in widths})
+
+
 def build(
     make_model: Callable[..., nn.Module],
     shape: Mapping[str, Any],
@@ -135,6 +208,11 @@ def build(
         plan.init_(model, init_law=init_law, zero=zero, scale=init)
         groups = plan.param_groups(
             model, lr=lr, weight_decay=weight_decay, optimizer_family=family, lr_scale=lr_scale
+        )
+    elif family == "muon":
+        raise MutransferError(
+            "Muon takes the hidden matrices and Adam the rest, so it needs the parameters' roles: pass "
+            "a plan (for standard parametrization, a plan at the model's own shape)."
         )
     elif init or lr_scale:
         raise MutransferError(

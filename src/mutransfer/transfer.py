@@ -132,7 +132,9 @@ class Transfer:
         how = "muP" if self.parametrization == "mup" else "standard: values copied unchanged"
         lines = [
             f"transfer ({how}): {dict(src.get('proxy', {}))} -> {dict(self.shape)}, "
-            f"width x{self.plan.width_multiplier:g} from the base",
+            f"width x{self.plan.width_multiplier:g}"
+            + (f", depth x{self.plan.depth.multiplier:g}" if self.plan.depth else "")
+            + " from the base",
             f"best proxy trial #{src.get('trial')}: {src.get('metric')} {src.get('value', math.nan):.4f}",
             f"hyperparameters: {values}",
         ]

@@ -1,4 +1,4 @@
-"""A muP plan keeps its numbers through torch.compile, deepcopy, checkpoints and DDP.
+"""A muP plan keeps its numbers through torch.compile, deepcopy, checkpoints, DDP and FSDP2.
 
 The plan acts only through init, param groups and one forward pre-hook (tied readouts), so
 each wrapper or round trip below must reproduce what a plain eager model does.
@@ -289,40 +289,25 @@ DDP_SCRIPT = """
 """
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_ddp_two_processes_match_single_process(mlp_plan, tmp_path):
-    """DDP-wrapped names carry `module.`; two gloo ranks on half batches must train like one on all."""
-    steps = 5
-    model = make_mlp(mlp_plan)
-    x, y = mlp_batch(32)
-    torch.save(
-        {"init": model.state_dict(), "x": x, "y": y, "lr": LR, "wd": WD, "steps": steps}, tmp_path / "data.pt"
-    )
-    mlp_plan.save(tmp_path / "plan.json")
-
+def run_ranks(script: str, folder, world: int = 2) -> None:
+    """Run ``script`` (its argument: ``folder``) as ``world`` gloo ranks on this machine."""
     env = {
         **os.environ,
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(_free_port()),
-        "WORLD_SIZE": "2",
+        "WORLD_SIZE": str(world),
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(DDP_SCRIPT), str(tmp_path)],
+            [sys.executable, "-c", textwrap.dedent(script), str(folder)],
             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for r in range(2)
+        for r in range(world)
     ]
     try:
         outputs = [p.communicate(timeout=90) for p in procs]
@@ -334,11 +319,191 @@ def test_ddp_two_processes_match_single_process(mlp_plan, tmp_path):
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-4000:]
 
-    opt = torch.optim.AdamW(mlp_plan.param_groups(model, lr=LR, weight_decay=WD))
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_ranks_and_one_process(script: str, plan, folder, steps: int = 5):
+    """Train the muP MLP for ``steps`` steps on two gloo ranks (``script``, half the batch each)
+    and here on the whole batch; return this process's model, optimizer and losses, and what
+    each rank saved."""
+    model = make_mlp(plan)
+    x, y = mlp_batch(32)
+    data = {"init": model.state_dict(), "x": x, "y": y, "lr": LR, "wd": WD, "steps": steps}
+    torch.save(data, folder / "data.pt")
+    plan.save(folder / "plan.json")
+    run_ranks(script, folder)
+    opt = torch.optim.AdamW(plan.param_groups(model, lr=LR, weight_decay=WD))
     losses = train(model, opt, x, y, steps)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    return model, opt, losses, [torch.load(folder / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(mlp_plan, tmp_path):
+    """DDP-wrapped names carry `module.`; two gloo ranks on half batches must train like one on all."""
+    model, opt, losses, ranks = two_ranks_and_one_process(DDP_SCRIPT, mlp_plan, tmp_path)
     assert ranks[0]["lrs"] == [g["lr"] for g in opt.param_groups]
     torch.testing.assert_close(ranks[0]["losses"], torch.tensor(losses), rtol=1e-5, atol=1e-6)
     for name, ref in model.state_dict().items():
         assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
         torch.testing.assert_close(ranks[0]["state"][name], ref, rtol=0, atol=1e-5, msg=name)
+
+
+# ---- FSDP2 (fully_shard) ---------------------------------------------------------------------------
+# FSDP2 shards each parameter in place as a DTensor: names stay the plain model's names (no wrapper
+# segment) and named_parameters() reports the full logical shapes, so the plan finds every tensor by
+# name and shape, and its param groups hold the DTensors themselves. Measured on torch 2.13 CPU/gloo.
+
+FSDP_SCRIPT = """
+    import os, sys
+    import torch
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Shard
+    from torch.nn import functional as F
+    import mutransfer
+    from mutransfer.models import MLP
+
+    d = sys.argv[1]
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    mesh = init_device_mesh("cpu", (world,))
+    data = torch.load(f"{d}/data.pt")
+    plan = mutransfer.load_plan(f"{d}/plan.json")
+    model = MLP(**plan.target)
+    model.load_state_dict(data["init"])
+    names = [n for n, _ in model.named_parameters()]
+    for layer in model.hidden:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+    # FSDP2 keeps the names and reports full logical shapes; only the local shard is split.
+    params = dict(model.named_parameters())
+    assert list(params) == names, list(params)
+    for n, p in params.items():
+        assert isinstance(p, DTensor) and p.placements == (Shard(0),), n
+        assert tuple(p.shape) == tuple(data["init"][n].shape), n
+        assert p.to_local().shape[0] == p.shape[0] // world, n
+
+    groups = plan.param_groups(model, lr=data["lr"], weight_decay=data["wd"])
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(map(id, params.values()))
+    opt = torch.optim.AdamW(groups)
+    x, y = data["x"].chunk(world)[rank], data["y"].chunk(world)[rank]
+    losses = []
+    for _ in range(data["steps"]):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    mean_losses = torch.tensor(losses)
+    dist.all_reduce(mean_losses)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    state = {n: t.detach().clone() for n, t in state.items()}
+    torch.save({"losses": mean_losses / world, "state": state,
+                "lrs": [g["lr"] for g in opt.param_groups],
+                "eps": [g["eps"] for g in opt.param_groups],
+                "wds": [g["weight_decay"] for g in opt.param_groups],
+                "sizes": [len(g["params"]) for g in opt.param_groups]}, f"{d}/rank{rank}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_single_process(mlp_plan, tmp_path):
+    """fully_shard on two gloo ranks, half a batch each, with plan param groups trains like one process."""
+    model, opt, losses, ranks = two_ranks_and_one_process(FSDP_SCRIPT, mlp_plan, tmp_path)
+    for key, group_key in (("lrs", "lr"), ("eps", "eps"), ("wds", "weight_decay")):
+        assert ranks[0][key] == [g[group_key] for g in opt.param_groups], key
+    assert ranks[0]["sizes"] == [len(g["params"]) for g in opt.param_groups]
+    assert len(ranks[0]["lrs"]) > 1 and len(set(ranks[0]["lrs"])) > 1  # muP groups, not one lr
+    torch.testing.assert_close(ranks[0]["losses"], torch.tensor(losses), rtol=1e-5, atol=1e-6)
+    assert losses[-1] < losses[0]
+    for name, ref in model.state_dict().items():
+        assert torch.equal(ranks[0]["state"][name], ranks[1]["state"][name]), name
+        torch.testing.assert_close(ranks[0]["state"][name], ref, rtol=0, atol=1e-5, msg=name)
+
+
+# ---- depth plans (CompleteP) and Muon -------------------------------------------------------------
+
+DEPTH_BASE = {"width": BASE, "depth": 1, "block_size": 16}
+DEPTH_TARGET = {"width": TARGET, "depth": 3, "block_size": 16}
+# the attention branch as a whole module: its multiplier needs the forward hook, the MLP's is absorbed
+HOOKED = ("blocks.*.attn", "blocks.*.fc_proj")
+
+
+@pytest.fixture(scope="module")
+def depth_plan():
+    plan = mutransfer.plan(GPT, base=DEPTH_BASE, target=DEPTH_TARGET, depth="depth", residual=HOOKED)
+    assert plan.depth.hooked == ("blocks.0.attn", "blocks.1.attn", "blocks.2.attn")
+    return plan
+
+
+def make_deep_gpt(plan, seed=0):
+    torch.manual_seed(seed)
+    return plan.init_(GPT(**DEPTH_TARGET))
+
+
+@pytest.mark.slow
+def test_compiled_depth_plan_keeps_branch_hooks(depth_plan):
+    """The branch multiplier's forward hook must be traced into a fullgraph compile."""
+    model = make_deep_gpt(depth_plan)
+    compiled = torch.compile(model, fullgraph=True)
+    x, _ = gpt_batch()
+    unhooked = GPT(**DEPTH_TARGET)  # the same weights without the plan's hooks
+    unhooked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(unhooked(x), out, atol=1e-3)  # so the hooks are in the graph
+
+
+DEPTH_RESUME_SCRIPT = """
+    import json, sys
+    import torch
+    from torch.nn import functional as F
+    import mutransfer
+    from mutransfer.models import GPT
+
+    d = sys.argv[1]
+    plan = mutransfer.load_plan(f"{d}/plan.json")
+    model = GPT(**plan.target)
+    model.load_state_dict(torch.load(f"{d}/model.pt"))
+    plan.attach_(model)
+    data = torch.load(f"{d}/data.pt")
+    opt = plan.optimizer(model, "muon", lr=data["lr"], weight_decay=data["wd"])
+    opt.load_state_dict(torch.load(f"{d}/optim.pt"))
+    x, y = data["x"], data["y"]
+    loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        after = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+    print(json.dumps({"losses": [loss.item(), after]}))
+"""
+
+
+@pytest.mark.slow
+def test_depth_plan_with_muon_resumes_in_fresh_process(depth_plan, tmp_path):
+    """Plan (with depth), weights and Muon+AdamW state saved; a fresh process continues exactly."""
+    model = make_deep_gpt(depth_plan)
+    opt = depth_plan.optimizer(model, "muon", lr=LR, weight_decay=WD)
+    x, y = gpt_batch()
+    train(model, opt, x, y, 3, loss_fn=cross_entropy)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    torch.save(opt.state_dict(), tmp_path / "optim.pt")
+    torch.save({"x": x, "y": y, "lr": LR, "wd": WD}, tmp_path / "data.pt")
+    depth_plan.save(tmp_path / "plan.json")
+    expected = train(model, opt, x, y, 1, loss_fn=cross_entropy)
+    with torch.no_grad():
+        expected.append(cross_entropy(model, x, y).item())
+    got = json.loads(run_script(DEPTH_RESUME_SCRIPT, tmp_path))
+    assert got["losses"] == pytest.approx(expected, rel=1e-6, abs=1e-7)

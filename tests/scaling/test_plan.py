@@ -187,7 +187,7 @@ def test_decay_vectors_false_and_frozen_parameters():
 def test_unknown_optimizer_family():
     plan = mutransfer.plan(MLP, base={"width": 32}, target={"width": 128})
     with pytest.raises(
-        MutransferError, match=r"unknown optimizer_family 'lamb'; choose one of \['adam', 'sgd'\]"
+        MutransferError, match=r"unknown optimizer_family 'lamb'; choose one of \['adam', 'muon', 'sgd'\]"
     ):
         plan.param_groups(MLP(width=128), lr=1e-3, optimizer_family="lamb")
 

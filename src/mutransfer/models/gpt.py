@@ -51,6 +51,10 @@ class GPT(nn.Module):
     embedding with the readout.
     """
 
+    # The last module of each residual branch, for a depth plan: mutransfer.plan(..., depth="depth",
+    # residual=GPT.residual) puts CompleteP's branch multiplier into these layers' weights.
+    residual = ("blocks.*.attn.proj", "blocks.*.fc_proj")
+
     def __init__(
         self,
         width: int = 128,

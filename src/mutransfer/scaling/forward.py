@@ -16,6 +16,10 @@
    ``ScaleInput`` forward pre-hook on the readout module for this. It survives ``deepcopy``
    and ``torch.compile``; it is not in the ``state_dict``, so call ``attach_`` again after
    building a model to load a checkpoint into.
+
+3. A residual branch whose last module is not a ``Linear``/``Conv`` (so its depth multiplier
+   cannot move into a weight) gets a ``ScaleOutput`` forward hook from ``Plan.attach_``, with
+   the same life cycle as ``ScaleInput``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["AttentionLogits", "ScaleInput", "attention_scale", "readout_hooks"]
+__all__ = ["AttentionLogits", "ScaleInput", "ScaleOutput", "attention_scale", "plan_hooks", "readout_hooks"]
 
 
 def attention_scale(d_head: int, base_d_head: int) -> float:
@@ -61,6 +65,31 @@ class ScaleInput:
 
     def __repr__(self) -> str:
         return f"ScaleInput({self.scale:g})"
+
+
+class ScaleOutput:
+    """Forward hook multiplying a module's output (a tensor, or a tuple's first tensor) by a constant."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        if isinstance(output, tuple):
+            return (output[0] * self.scale, *output[1:])
+        return output * self.scale
+
+    def __repr__(self) -> str:
+        return f"ScaleOutput({self.scale:g})"
+
+
+def plan_hooks(model: nn.Module) -> list[tuple[str, ScaleInput | ScaleOutput]]:
+    """Every hook a plan registered in ``model`` (tied readouts, hooked residual branches)."""
+    return readout_hooks(model) + [
+        (name, hook)
+        for name, module in model.named_modules()
+        for hook in module._forward_hooks.values()
+        if isinstance(hook, ScaleOutput)
+    ]
 
 
 def readout_hooks(model: nn.Module) -> list[tuple[str, ScaleInput]]:

@@ -6,9 +6,21 @@
     >>> model = plan.init_(MLP(width=512))
     >>> opt = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
 
-Nothing is attached to tensors and nothing changes the forward pass, except one documented
-hook: a tied embedding/readout weight gets a forward pre-hook that scales the readout's input
-by ``1/m`` (see ``attach_``). The plan serialises to JSON and is restored without the factory.
+Depth (CompleteP) is one more keyword and the residual branches' last modules::
+
+    >>> from mutransfer.models import GPT
+    >>> plan = mutransfer.plan(
+    ...     GPT, base={"width": 64, "depth": 2}, target={"width": 256, "depth": 8},
+    ...     depth="depth", residual=GPT.residual,
+    ... )
+    >>> plan.depth.branch_multiplier
+    0.25
+
+Nothing is attached to tensors and nothing changes the forward pass, except two documented
+hooks (see ``attach_``): a tied embedding/readout weight gets a forward pre-hook that scales the
+readout's input by ``1/m``, and a residual branch that does not end in a Linear or Conv layer
+gets a forward hook that scales its output. The plan serialises to JSON and is restored without
+the factory.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -24,7 +37,8 @@ import torch
 from torch import nn
 
 from mutransfer.errors import MutransferError
-from mutransfer.scaling.forward import ScaleInput, readout_hooks
+from mutransfer.scaling.depth import Depth, check_depth_arguments, find_depth
+from mutransfer.scaling.forward import ScaleInput, ScaleOutput, plan_hooks
 from mutransfer.scaling.roles import (
     ParamRole,
     Role,
@@ -35,16 +49,17 @@ from mutransfer.scaling.roles import (
     tied_readouts,
     unwrap,
 )
-from mutransfer.scaling.rules import init_multiplier, multipliers
+from mutransfer.scaling.rules import Multipliers, depth_multipliers, init_multiplier, multipliers, muon_takes
 
 __all__ = ["Plan", "load_plan", "plan", "plan_from_model"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added depth; version 1 files (width only) still load
 InitLaw = Literal["fan_in", "constant"]
 
 # Set on the root module by init_ (a module attribute, never a tensor one, so deepcopy keeps it
 # and a state_dict does not carry it): a second init_ would scale the weights twice.
 _INITIALISED = "_mutransfer_initialised"
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole numeric name segment: the 3 in blocks.3.fc
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,8 @@ class Plan:
 
     ``width_multiplier`` is target width over base width; ``params`` holds one record per
     tensor (tied tensors once, with aliases); ``tied_readouts`` names the modules whose input
-    is scaled by ``1/width_multiplier`` because their weight is also the input embedding.
+    is scaled by ``1/width_multiplier`` because their weight is also the input embedding;
+    ``depth`` (None for width only) says how the residual blocks scale.
     """
 
     width_multiplier: float
@@ -61,6 +77,7 @@ class Plan:
     base: Mapping[str, Any] = field(default_factory=dict)
     target: Mapping[str, Any] = field(default_factory=dict)
     tied_readouts: tuple[str, ...] = ()
+    depth: Depth | None = None
 
     # ---- reading -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> ParamRole:
@@ -76,7 +93,23 @@ class Plan:
     @property
     def is_identity(self) -> bool:
         """True at base shape: the plan changes nothing."""
-        return self.width_multiplier == 1.0 and all(p.m_in == p.m_out == 1.0 for p in self.params)
+        same_depth = self.depth is None or self.depth.multiplier == 1.0
+        return (
+            same_depth and self.width_multiplier == 1.0 and all(p.m_in == p.m_out == 1.0 for p in self.params)
+        )
+
+    def factors(self, p: ParamRole, optimizer_family: str = "adam") -> tuple[float, Multipliers]:
+        """The init factor and the optimizer multipliers of one tensor, width and depth combined."""
+        mult = multipliers(p, self.width_multiplier, optimizer_family)
+        init = init_multiplier(p)
+        if self.depth is None:
+            return init, mult
+        d, place = self.depth, self.depth.place(p.name)
+        depth_init, depth = depth_multipliers(
+            optimizer_family, d.multiplier, d.alpha, in_block=bool(place), branch_end=place == "branch end"
+        )
+        eps = None if mult.eps is None else mult.eps * (depth.eps or 1.0)
+        return init * depth_init, Multipliers(lr=mult.lr * depth.lr, eps=eps)
 
     # ---- applying ------------------------------------------------------------------------
     def init_(
@@ -101,15 +134,18 @@ class Plan:
         (``fnmatch``) to set to zero, e.g. ``["lm_head.weight", "*.q_proj.weight"]``: muP's
         recommended readout and query init. ``scale`` multiplies the init of every tensor of
         a role, e.g. ``{"output": 0.5}``: tuned constants that muP carries unchanged to every
-        width. Call it once, on a fresh model, never after loading a checkpoint (a second call
-        is an error).
+        width. With depth, the residual branches' last layers are multiplied by the branch
+        multiplier; the rest of your init is taken as right at every depth (a factory that
+        already shrinks residual projections with depth, like GPT-2's ``1/sqrt(2 * depth)``,
+        would be scaled twice). Call it once, on a fresh model, never after loading a
+        checkpoint (a second call is an error).
         """
         if init_law not in ("fan_in", "constant"):
             raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
         role_scale = _role_factors(scale, "scale")
         tensors = self._tensors(model)
         root = unwrap(model)
-        if getattr(root, _INITIALISED, False) or (self.tied_readouts and readout_hooks(model)):
+        if getattr(root, _INITIALISED, False) or (self._hooked_modules() and plan_hooks(model)):
             raise MutransferError(
                 "this model was already initialised (or attached) by a plan; a second init_ would "
                 "scale it twice. Fix: call init_ once on a freshly built model (after loading a "
@@ -122,7 +158,7 @@ class Plan:
                 if any(n in zeroed for n in p.names):
                     t.zero_()
                     continue
-                factor = init_multiplier(p) * role_scale.get(p.role.value, 1.0)
+                factor = self.factors(p)[0] * role_scale.get(p.role.value, 1.0)
                 if init_law == "fan_in" and p.role in (Role.HIDDEN, Role.OUTPUT):
                     factor *= p.m_in**0.5  # the user's init already shrank by 1/sqrt(m_in)
                 if factor != 1.0:
@@ -132,23 +168,28 @@ class Plan:
         return model
 
     def attach_(self, model: nn.Module) -> nn.Module:
-        """Register the forward hooks the plan needs (tied readouts only); no-op otherwise.
+        """Register the forward hooks the plan needs; a no-op for most models.
 
         For a tied embedding/readout tensor the plan uses the embedding's rules and scales the
         readout's input by ``1/m`` (the one forward multiplier that cannot move into the
-        optimizer, since the tensor serves both roles). Call it after loading a checkpoint.
+        optimizer, since the tensor serves both roles). A residual branch ending in a module
+        without its own Linear/Conv weight has its output scaled by the branch multiplier.
+        Hooks are not in the ``state_dict``: call ``attach_`` after loading a checkpoint.
         """
         self._tensors(model)  # validates names and shapes
-        if not self.tied_readouts:
+        hooked = self._hooked_modules()
+        if not hooked:
             return model
-        if readout_hooks(model):
+        if plan_hooks(model):
             raise MutransferError(
-                "this model already carries mutransfer's tied-readout hook; attaching it again would "
-                "scale the logits twice. Fix: call attach_ (or init_) once per model."
+                "this model already carries mutransfer's forward hooks; attaching them again would "
+                "scale twice. Fix: call attach_ (or init_) once per model."
             )
         modules = {canonical_name(n): mod for n, mod in model.named_modules()}
         for name in self.tied_readouts:
             modules[name].register_forward_pre_hook(ScaleInput(1.0 / self.width_multiplier))
+        for name in self.depth.hooked if self._depth_scales() else ():
+            modules[name].register_forward_hook(ScaleOutput(self.depth.branch_multiplier))
         return model
 
     def param_groups(
@@ -173,6 +214,11 @@ class Plan:
         ``decay_vectors=False`` puts biases and norm gains in groups without weight decay.
         ``lr_scale`` multiplies the LR of every tensor of a role (``{"output": 2.0}``), on top
         of muP's factor. Only parameters with ``requires_grad`` are included.
+
+        ``optimizer_family="muon"`` tags every group with ``"optimizer": "muon"`` (2-D hidden
+        matrices, no eps) or ``"adam"`` (the rest): build ``torch.optim.Muon`` and an Adam on
+        the two sets, or let ``Plan.optimizer(model, "muon", ...)`` do it. With depth, a branch
+        end's absorbed multiplier also divides its weight decay, so absorbing changes nothing.
         """
         role_lr = _role_factors(lr_scale, "lr_scale")
         tensors = self._tensors(model)
@@ -181,15 +227,20 @@ class Plan:
             t = tensors[p.name]
             if not t.requires_grad:
                 continue
-            mult = multipliers(p, self.width_multiplier, optimizer_family)
+            _, mult = self.factors(p, optimizer_family)
             if p.role.value in role_lr:
                 mult = replace(mult, lr=mult.lr * role_lr[p.role.value])
             wd = weight_decay if (decay_vectors or p.role is not Role.VECTOR) else 0.0
             if independent_weight_decay:
                 wd = wd / mult.lr
+            elif self.depth is not None and self.depth.place(p.name) == "branch end":
+                # the absorbed branch multiplier a: lr x a (a**2 for SGD) needs decay / a (a**2)
+                wd = wd / self.depth.branch_multiplier ** (2 if optimizer_family == "sgd" else 1)
             group = {"lr": lr * mult.lr, "weight_decay": wd}
             if mult.eps is not None:
                 group["eps"] = eps * mult.eps
+            if optimizer_family == "muon":
+                group["optimizer"] = "muon" if muon_takes(p) else "adam"
             key = tuple(group.values())
             entry = grouped.setdefault(key, {"params": [], **group, "lr_scale": mult.lr, "roles": []})
             entry["params"].append(t)
@@ -197,28 +248,57 @@ class Plan:
                 entry["roles"].append(p.role.value)
         return list(grouped.values())
 
+    def optimizer(
+        self,
+        model: nn.Module,
+        name: str = "adamw",
+        *,
+        lr: float,
+        weight_decay: float = 0.0,
+        eps: float = 1e-8,
+        independent_weight_decay: bool = True,
+        decay_vectors: bool = True,
+        lr_scale: Mapping[str, float] | None = None,
+        **kwargs: Any,
+    ) -> torch.optim.Optimizer:
+        """The optimizer ``name`` (``adam``, ``adamw``, ``sgd``, ``muon``) over this plan's param
+        groups, in one call; ``kwargs`` go to its constructor (see ``mutransfer.optim``)."""
+        from mutransfer.optim import OPTIMIZERS, make_optimizer
+
+        family = OPTIMIZERS[name][1] if name in OPTIMIZERS else "adam"
+        groups = self.param_groups(
+            model,
+            lr=lr,
+            weight_decay=weight_decay,
+            eps=eps,
+            optimizer_family=family,
+            independent_weight_decay=independent_weight_decay,
+            decay_vectors=decay_vectors,
+            lr_scale=lr_scale,
+        )
+        return make_optimizer(name, groups, **kwargs)
+
     # ---- reporting -----------------------------------------------------------------------
     def summary(self, optimizer_family: str = "adam") -> str:
-        """A table of every parameter: shapes, role, fan multipliers, init and optimizer factors."""
+        """A table of every parameter: shapes, role, fan multipliers, init and optimizer factors.
+
+        Tensors that differ only by a block number and share every factor take one row, e.g.
+        ``blocks.{0..7}.attn.qkv.weight``."""
         head = ["parameter", "base -> target", "role", "m_in", "m_out", "init x", "lr x", "eps x"]
+        if self.depth is not None:
+            head.insert(3, "depth")
         rows = []
         for p in self.params:
-            mult = multipliers(p, self.width_multiplier, optimizer_family)
+            init, mult = self.factors(p, optimizer_family)
             names = p.name + "".join(f" = {a}" for a in p.aliases)
             shapes = f"{_shape(p.base_shape)} -> {_shape(p.target_shape)}"
             eps = "-" if mult.eps is None else f"{mult.eps:.4g}"
-            rows.append(
-                [
-                    names,
-                    shapes,
-                    p.role.value,
-                    f"{p.m_in:g}",
-                    f"{p.m_out:g}",
-                    f"{init_multiplier(p):.4g}",
-                    f"{mult.lr:.4g}",
-                    eps,
-                ]
-            )
+            role = p.role.value + (" (muon)" if optimizer_family == "muon" and muon_takes(p) else "")
+            row = [names, shapes, role, f"{p.m_in:g}", f"{p.m_out:g}", f"{init:.4g}", f"{mult.lr:.4g}", eps]
+            if self.depth is not None:
+                row.insert(3, self.depth.place(p.name))
+            rows.append(row)
+        rows = _merge_repeated(rows)
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = [
             f"muP plan: width x{self.width_multiplier:g} ({dict(self.base)} -> "
@@ -234,6 +314,13 @@ class Plan:
             lines.append(
                 f"tied readout input scaled by 1/{self.width_multiplier:g}: " + ", ".join(self.tied_readouts)
             )
+        if self.depth is not None:
+            d = self.depth
+            lines.append(
+                f"depth: {d.key} {d.base} -> {d.target} blocks (m_L {d.multiplier:g}), alpha {d.alpha:g}: "
+                f"branch multiplier {d.branch_multiplier:.4g}, absorbed into the branch ends"
+                + (f"; output hooks on {', '.join(d.hooked)}" if d.hooked else "")
+            )
         return "\n".join(lines)
 
     # ---- plain data ----------------------------------------------------------------------
@@ -244,6 +331,7 @@ class Plan:
             "base": dict(self.base),
             "target": dict(self.target),
             "tied_readouts": list(self.tied_readouts),
+            "depth": None if self.depth is None else self.depth.to_dict(),
             "params": [
                 {
                     "name": p.name,
@@ -261,7 +349,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        if data.get("format") != FORMAT_VERSION:
+        if data.get("format") not in (1, FORMAT_VERSION):
             raise MutransferError(
                 f"plan format {data.get('format')!r} is not supported (expected {FORMAT_VERSION}). "
                 "Fix: rebuild the plan with this version of mutransfer."
@@ -285,6 +373,7 @@ class Plan:
             base=dict(data.get("base", {})),
             target=dict(data.get("target", {})),
             tied_readouts=tuple(data.get("tied_readouts", ())),
+            depth=Depth.from_dict(data["depth"]) if data.get("depth") else None,
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -293,6 +382,13 @@ class Plan:
             json.dump(self.to_dict(), f, indent=1)
 
     # ---- internals -----------------------------------------------------------------------
+    def _depth_scales(self) -> bool:
+        return self.depth is not None and self.depth.multiplier != 1.0
+
+    def _hooked_modules(self) -> list[str]:
+        """Modules that get a forward hook from ``attach_``."""
+        return [*self.tied_readouts, *(self.depth.hooked if self._depth_scales() else ())]
+
     def _tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The model's tensors by plan name, after checking names and shapes match the plan."""
         found: dict[str, tuple[str, torch.Tensor]] = {}
@@ -326,21 +422,48 @@ def plan(
     target: Mapping[str, Any],
     probe: Mapping[str, Any] | None = None,
     overrides: Mapping[str, str] | None = None,
+    depth: str | None = None,
+    residual: Sequence[str] = (),
+    alpha: float = 1.0,
 ) -> Plan:
     """Build the muP plan for ``make_model`` between two shapes, on the meta device.
 
     ``base`` and ``target`` are keyword arguments of the factory (the width keywords that
-    differ, plus any others it needs). When they are equal (planning at the base itself) a
-    ``probe`` shape tells which dimensions scale; when ``base`` has a single integer keyword
-    the default probe doubles it. ``overrides`` maps name patterns to a role for tensors the
-    inference cannot read, e.g. a readout registered as a raw parameter.
+    differ, plus any others it needs). When their widths are equal (planning at the base
+    itself, or depth only) a ``probe`` shape tells which dimensions scale; when ``base`` has a
+    single integer width keyword the default probe doubles it. ``overrides`` maps name patterns
+    to a role for tensors the inference cannot read, e.g. a readout registered as a raw parameter.
+
+    ``depth`` names the keyword that sets the number of residual blocks; ``residual`` lists
+    name patterns of each branch's last module (``GPT.residual`` for the reference GPT) and
+    ``alpha`` picks the CompleteP family member: 1 is CompleteP, 0.5 Depth-muP.
     """
     base, target = dict(base), dict(target)
-    if probe is None and base == target:
-        probe = _default_probe(base)
-    layouts = [parameter_layout(model_on_meta(make_model, s)) for s in (base, target)]
+    if depth is None:
+        if residual:
+            raise MutransferError("residual= needs depth=, the keyword that sets the number of blocks.")
+        if probe is None and base == target:
+            probe = _default_probe(base)
+        layouts = [parameter_layout(model_on_meta(make_model, s)) for s in (base, target)]
+        probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
+        return _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
+
+    check_depth_arguments(depth, base, target, alpha)
+    wide_base = {**base, depth: target[depth]}  # width roles compare two models of the target's depth
+    if probe is not None:
+        probe = {**probe, depth: target[depth]}
+    elif wide_base == target:
+        probe = {**_default_probe(base, exclude=depth), depth: target[depth]}
+    deep = model_on_meta(make_model, target)
+    other_depth = base[depth] if base[depth] != target[depth] else target[depth] + 1
+    shallow = model_on_meta(make_model, {**target, depth: other_depth})
+    found = find_depth(
+        shallow, deep, key=depth, base=base[depth], target=target[depth], alpha=alpha, residual=residual
+    )
+    layouts = [parameter_layout(model_on_meta(make_model, wide_base)), parameter_layout(deep)]
     probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
-    return _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
+    built = _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
+    return replace(built, depth=found)
 
 
 def plan_from_model(
@@ -377,8 +500,8 @@ def plan_from_model(
     )
 
 
-def _default_probe(base: dict[str, Any]) -> dict[str, Any]:
-    ints = [k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool)]
+def _default_probe(base: dict[str, Any], exclude: str | None = None) -> dict[str, Any]:
+    ints = [k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool) and k != exclude]
     if len(ints) != 1:
         raise MutransferError(
             f"base and target are the same shape {base}, so the plan cannot tell which keywords are "
@@ -441,6 +564,29 @@ def _role_factors(factors: Mapping[str, float] | None, what: str) -> dict[str, f
     if unknown:
         raise MutransferError(f"{what} has unknown roles {unknown}; the roles are {[r.value for r in Role]}.")
     return factors
+
+
+def _merge_repeated(rows: list[list[str]]) -> list[list[str]]:
+    """One row per name pattern (index segments -> ``{first..last}``) whose other columns agree."""
+    merged: dict[tuple[str, ...], list] = {}
+    for row in rows:
+        numbers = _INDEX.findall(row[0])
+        key = (_INDEX.sub("#", row[0]), len(numbers), *row[1:])
+        merged.setdefault(key, [row, []])[1].append(numbers)
+    out = []
+    for (_, _, *rest), (first, numbers) in merged.items():
+        if len(numbers) == 1:
+            out.append(first)
+            continue
+        varying = [i for i in range(len(numbers[0])) if len({n[i] for n in numbers}) > 1]
+        parts = iter(_INDEX.split(first[0]))
+        name = next(parts)
+        for i, part in enumerate(parts):
+            column = sorted({int(n[i]) for n in numbers})
+            name += f"{{{column[0]}..{column[-1]}}}" if i in varying else numbers[0][i]
+            name += part
+        out.append([name, *rest])
+    return out
 
 
 def _shape(s: tuple[int, ...]) -> str:

@@ -254,7 +254,8 @@ def _check_same_names(a: Mapping, b: Mapping, la: str, lb: str) -> None:
     raise MutransferError(
         f"parameter names differ between the {la} and the {lb} shape: only at {la}: {only_a[:5]}, "
         f"only at {lb}: {only_b[:5]}. Fix: pass only width keywords as shape; a keyword that adds or "
-        "removes layers (depth, number of experts) must be the same in both shapes."
+        "removes layers must be the same in both shapes, unless it counts residual blocks: then name "
+        "it with depth= (and the branches with residual=)."
     )
 
 

@@ -16,8 +16,27 @@ SGD-like::
     hidden            lr eta * m_out / m_in
     output            lr eta / m_in
 
+Muon (orthogonalised updates, spectral norm 1): a hidden matrix's step is multiplied by
+``sqrt(m_out / m_in)`` (1 when both fans grow together); every other tensor is optimised by
+Adam under the Adam rules. Muon's own shape factor (``torch.optim.Muon``'s "original"
+``sqrt(max(1, fan_out / fan_in))``) depends on the aspect ratio only, so it is the same at every
+width; nothing else is applied on top (Adam's ``1/m_in`` there would scale the step twice).
+
 Adam's eps shrinks with width because, in this form, the gradient entries of every parameter
 but the readout shrink like 1/width; a fixed eps would slowly take over Adam's denominator.
+
+Depth (the CompleteP family, residual blocks ``h + a * F(h)`` with ``a = m_L**-alpha``,
+``m_L`` = blocks at target over blocks at base, alpha in [1/2, 1]) multiplies, for every tensor
+inside a block::
+
+    lr   Adam-like, Muon: m_L**(alpha - 1)     SGD: m_L**(2 * alpha - 1)
+    eps  Adam-like: m_L**-alpha
+
+and the branch multiplier ``a`` moves into the branch's last layer (init x a; lr x a, or a**2
+for SGD; eps / a), so the forward pass stays the user's. Embeddings, the final norm and the
+readout take no depth factor. The SGD exponent follows from the same count as Adam's: a block's
+gradient shrinks like ``a``, its step like ``lr * a`` and its effect like ``lr * a**2``, and L
+of them must add up to a step of size 1 (alpha = 1/2 gives Depth-muP's constant SGD LR).
 """
 
 from __future__ import annotations
@@ -28,7 +47,9 @@ from dataclasses import dataclass
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.roles import ParamRole, Role
 
-__all__ = ["FAMILIES", "Multipliers", "init_multiplier", "multipliers"]
+__all__ = ["ALPHA_RANGE", "FAMILIES", "Multipliers", "depth_multipliers", "init_multiplier", "multipliers"]
+
+ALPHA_RANGE = (0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +78,19 @@ def _sgd(p: ParamRole, m: float) -> Multipliers:
     return Multipliers(lr=p.m_out / p.m_in, eps=None)
 
 
-FAMILIES: dict[str, Callable[[ParamRole, float], Multipliers]] = {"adam": _adam, "sgd": _sgd}
+def _muon(p: ParamRole, m: float) -> Multipliers:
+    if muon_takes(p):
+        return Multipliers(lr=(p.m_out / p.m_in) ** 0.5, eps=None)
+    return _adam(p, m)
+
+
+def muon_takes(p: ParamRole) -> bool:
+    """Muon orthogonalises matrices: it takes the 2-D hidden tensors; Adam takes the rest (a
+    conv kernel too, which ``torch.optim.Muon`` refuses)."""
+    return p.role is Role.HIDDEN and len(p.target_shape) == 2
+
+
+FAMILIES: dict[str, Callable[[ParamRole, float], Multipliers]] = {"adam": _adam, "sgd": _sgd, "muon": _muon}
 
 
 def multipliers(p: ParamRole, m: float, family: str) -> Multipliers:
@@ -67,7 +100,8 @@ def multipliers(p: ParamRole, m: float, family: str) -> Multipliers:
     except KeyError:
         raise MutransferError(
             f"unknown optimizer_family {family!r}; choose one of {sorted(FAMILIES)} "
-            "('adam' covers Adam, AdamW, RMSprop, Adagrad, Lion and other normalised updates)."
+            "('adam' covers Adam, AdamW, RMSprop, Adagrad, Lion and other normalised updates; 'muon' "
+            "is Muon on hidden matrices with Adam for the rest)."
         ) from None
     return rule(p, m)
 
@@ -79,3 +113,23 @@ def init_multiplier(p: ParamRole) -> float:
     if p.role is Role.OUTPUT:
         return 1.0 / p.m_in
     return 1.0
+
+
+def depth_multipliers(
+    family: str, m_depth: float, alpha: float, *, in_block: bool, branch_end: bool
+) -> tuple[float, Multipliers]:
+    """CompleteP's (init, lr and eps) factors for one tensor, with the branch multiplier absorbed.
+
+    ``in_block``: the tensor belongs to a repeated residual block; ``branch_end``: it is a
+    parameter of a branch's last layer, which carries the branch multiplier ``m_depth**-alpha``.
+    """
+    if not in_block or m_depth == 1.0:
+        return 1.0, Multipliers()
+    sgd = family == "sgd"
+    lr = m_depth ** ((2 * alpha - 1) if sgd else (alpha - 1))
+    eps = m_depth**-alpha
+    init = 1.0
+    if branch_end:  # a parameter used as a * W trains like W' = a * W with these settings
+        a = m_depth**-alpha
+        init, lr, eps = a, lr * (a**2 if sgd else a), eps / a
+    return init, Multipliers(lr=lr, eps=None if sgd else eps)

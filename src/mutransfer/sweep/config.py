@@ -98,6 +98,14 @@ class SweepConfig:
     """How the factory's own init scales with width: ``fan_in`` (PyTorch default) or ``constant``."""
     zero: tuple[str, ...] = ()
     """Parameter name patterns initialised to zero (e.g. the readout)."""
+    depth: str | None = None
+    """The factory keyword that counts residual blocks, when the target is deeper than the base
+    too: the plan adds CompleteP's depth rules (see ``mutransfer.plan``)."""
+    residual: tuple[str, ...] = ()
+    """With ``depth``: name patterns of each residual branch's last module, e.g.
+    ``["blocks.*.attn.proj", "blocks.*.fc_proj"]``."""
+    alpha: float = 1.0
+    """With ``depth``: the CompleteP exponent in [0.5, 1] (1 CompleteP, 0.5 Depth-muP)."""
     seed: int = 0
     """Seed of the model init and the batches, the same for every trial."""
     space: Mapping[str, Any] = field(default_factory=lambda: {"lr": Range(1e-4, 1e-1, log=True)})
@@ -132,6 +140,7 @@ class SweepConfig:
         # one form whichever way it was written: a file's {low, high} tables become Ranges
         object.__setattr__(self, "space", parse_space(self.space)[0])
         object.__setattr__(self, "zero", tuple(self.zero))
+        object.__setattr__(self, "residual", tuple(self.residual))
 
     def problems(self) -> list[str]:
         """Every problem with this config, each naming its key; empty when it is valid."""
@@ -160,6 +169,16 @@ class SweepConfig:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 found.append(f"{key}: must be an int >= 1, got {value!r}")
+        if self.depth is not None and not self.residual:
+            found.append(
+                'residual: depth needs the residual branches, e.g. residual = ["blocks.*.attn.proj"]'
+            )
+        if self.depth is None and self.residual:
+            found.append(
+                'depth: residual needs depth, the keyword that counts the blocks, e.g. depth = "depth"'
+            )
+        if not 0.5 <= self.alpha <= 1.0:
+            found.append(f"alpha: must lie in [0.5, 1] (1 CompleteP, 0.5 Depth-muP), got {self.alpha!r}")
         if isinstance(self.reduction, bool) or not isinstance(self.reduction, int) or self.reduction < 2:
             found.append(f"reduction: must be an int >= 2, got {self.reduction!r}")
         if not isinstance(self.space, Mapping) or not self.space:

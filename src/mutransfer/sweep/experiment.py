@@ -78,8 +78,12 @@ class Experiment:
         self.proxy = {**self.common, **config.proxy}
         self.target = {**self.common, **config.target}
         self.base = {**self.common, **(config.base if config.base is not None else config.proxy)}
-        self.width_keys = sorted(k for k in self.target if self.target[k] != self.base.get(k))
-        if not self.width_keys:
+        self.width_keys = sorted(
+            k for k in self.target if self.target[k] != self.base.get(k) and k != config.depth
+        )
+        if not self.width_keys and (
+            config.depth is None or self.target[config.depth] == self.base[config.depth]
+        ):
             raise MutransferError(
                 f"target: {dict(config.target)} is the base shape; nothing scales. Give the target's "
                 "widths, e.g. target = { width = 1024 }."
@@ -100,7 +104,12 @@ class Experiment:
         if key not in self._plans:
             base = self.base if self.config.parametrization == "mup" else dict(shape)
             probe = {**base, **{k: 2 * base[k] for k in self.width_keys}} if base == dict(shape) else None
-            self._plans[key] = make_plan(self.make_model, base=base, target=shape, probe=probe)
+            depth = (
+                {"depth": c.depth, "residual": c.residual, "alpha": c.alpha}
+                if (c := self.config).depth
+                else {}
+            )
+            self._plans[key] = make_plan(self.make_model, base=base, target=shape, probe=probe, **depth)
         return self._plans[key]
 
     def flops_per_step(self, shape: Mapping[str, Any], batch_size: int | None = None) -> float:
