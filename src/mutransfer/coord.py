@@ -421,14 +421,12 @@ def _judge(order, kinds, widths, curves, loss, threshold, axis="width") -> tuple
             hint = diverged or "its output is not finite at some width: training diverged. Fix: lower lr."
         elif status == "ok":
             hint = ""
-        elif reason and axis == "depth":
+        elif axis == "depth":  # one fault there: the branches or their LRs are not scaled
             hint = _DEPTH_HINT
         elif reason:
             hint = _hint(kind, reason)
         elif first_cause:
             hint = f"grows because its input grows; the growth starts at {first_cause}"
-        elif axis == "depth":
-            hint = _DEPTH_HINT
         else:
             hint = "grows a little in each of several modules; check that the plan covers every layer"
         slopes = (worst["rms"], worst["change"], worst["update"], worst["scale"])

@@ -350,7 +350,7 @@ def grid(
 
     def run(cell: tuple[str, int, float, int, bool]) -> Cell:
         name, width, lr, seed, transfer = cell
-        plan, settings = plans.get(width) if name == "mup" else None, build_settings
+        plan, settings = (plans[width], build_settings) if name == "mup" else (None, build_settings)
         if name == "sp" and family == "muon":  # Muon needs roles: the identity plan is standard
             plan, settings = axis.plan(make_model, shapes["sp"], width, width), {**build_settings, "zero": ()}
         model, opt = build(

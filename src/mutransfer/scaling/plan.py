@@ -93,10 +93,8 @@ class Plan:
     @property
     def is_identity(self) -> bool:
         """True at base shape: the plan changes nothing."""
-        same_depth = self.depth is None or self.depth.multiplier == 1.0
-        return (
-            same_depth and self.width_multiplier == 1.0 and all(p.m_in == p.m_out == 1.0 for p in self.params)
-        )
+        same_width = self.width_multiplier == 1.0 and all(p.m_in == p.m_out == 1.0 for p in self.params)
+        return same_width and not self._depth_scales()
 
     def factors(self, p: ParamRole, optimizer_family: str = "adam") -> tuple[float, Multipliers]:
         """The init factor and the optimizer multipliers of one tensor, width and depth combined."""

@@ -82,7 +82,7 @@ class Experiment:
             k for k in self.target if self.target[k] != self.base.get(k) and k != config.depth
         )
         if not self.width_keys and (
-            config.depth is None or self.target[config.depth] == self.base[config.depth]
+            config.depth is None or self.target.get(config.depth) == self.base.get(config.depth)
         ):
             raise MutransferError(
                 f"target: {dict(config.target)} is the base shape; nothing scales. Give the target's "
@@ -104,11 +104,8 @@ class Experiment:
         if key not in self._plans:
             base = self.base if self.config.parametrization == "mup" else dict(shape)
             probe = {**base, **{k: 2 * base[k] for k in self.width_keys}} if base == dict(shape) else None
-            depth = (
-                {"depth": c.depth, "residual": c.residual, "alpha": c.alpha}
-                if (c := self.config).depth
-                else {}
-            )
+            c = self.config
+            depth = {"depth": c.depth, "residual": c.residual, "alpha": c.alpha} if c.depth else {}
             self._plans[key] = make_plan(self.make_model, base=base, target=shape, probe=probe, **depth)
         return self._plans[key]
 
