@@ -56,6 +56,15 @@ from mutransfer.train import (
 __all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "grid", "transfer_lr"]
 
 PARAMETRIZATIONS = {"sp": "standard", "mup": "muP"}
+
+
+def parametrization_label(name: str, axis: str = "width") -> str:
+    """How tables and plots name a parametrization: over depth, "mup" is the CompleteP plan."""
+    if name == "mup" and axis == "depth":
+        return "CompleteP"
+    return PARAMETRIZATIONS.get(name, name)
+
+
 # progress(cells done, cells in all, what runs next, estimated seconds left or None)
 GridProgress = Callable[[int, int, str, float | None], None]
 
@@ -183,8 +192,7 @@ class Grid:
                 rows.append([f"{axis} {o.width}", *cells, _optimum_text(o)])
             sizes = [max(len(r[i]) for r in rows) for i in range(len(head))]
             base = f" (base {axis} {p['base']})" if name == "mup" else ""
-            label = "CompleteP" if name == "mup" and axis == "depth" else PARAMETRIZATIONS.get(name, name)
-            lines += ["", f"{label}{base}:"]
+            lines += ["", f"{parametrization_label(name, axis)}{base}:"]
             lines += ["  " + "  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
             lines.append(_verdict_text(s, self.widths, axis))
         edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
@@ -500,7 +508,7 @@ def _parameter_count(make_model: Callable[..., nn.Module], shape: Mapping[str, A
 def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
     name, width, lr, seed, transfer = cell
     what = "transfer run" if transfer else "cell"
-    return f"{what} {PARAMETRIZATIONS[name]} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
+    return f"{what} {parametrization_label(name, axis)} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
 
 
 def _name(obj: Any) -> str:

@@ -24,7 +24,7 @@ import torch
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["OPTIMIZERS", "MuonWithAdam", "make_optimizer"]
+__all__ = ["OPTIMIZERS", "MuonWithAdam", "lookup"]
 
 
 class MuonWithAdam(torch.optim.Optimizer):
@@ -90,9 +90,8 @@ OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], str]] = {
 }
 
 
-def make_optimizer(name: str, groups: list[dict[str, Any]], **kwargs: Any) -> torch.optim.Optimizer:
-    """The optimizer ``name`` over ``groups``; ``kwargs`` go to its constructor (``momentum=0.9``
-    for SGD; for Muon, ``muon={...}`` and ``adam={...}`` go to the two inner optimizers)."""
+def lookup(name: str) -> tuple[Callable[..., torch.optim.Optimizer], str]:
+    """The builder and the plan's optimizer family for a name, or an error that names the choices."""
     if name == "adafactor":
         raise MutransferError(
             "torch.optim.Adafactor multiplies each step by the parameter's RMS, which muP's init changes "
@@ -105,4 +104,4 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], **kwargs: Any) -> to
             "plan.param_groups(model, ..., optimizer_family=...) ('adam' covers Lion, Adafactor-style "
             "and other normalised updates)."
         )
-    return OPTIMIZERS[name][0](groups, **kwargs)
+    return OPTIMIZERS[name]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from mutransfer.errors import MutransferError
-from mutransfer.grid import PARAMETRIZATIONS
+from mutransfer.grid import parametrization_label
 
 if TYPE_CHECKING:
     from mutransfer.coord import CoordCheck
@@ -107,9 +107,7 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both", lw=0.4)
     verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} modules grow)"
-    label = PARAMETRIZATIONS.get(result.parametrization, result.parametrization)
-    if result.parametrization == "mup" and result.axis == "depth":
-        label = "CompleteP"
+    label = parametrization_label(result.parametrization, result.axis)
     row[0].set_ylabel(f"{label}\n{verdict}", fontsize=9)
     row[0].yaxis.label.set_color("#2ca02c" if result.passed else "#d62728")
 
@@ -164,7 +162,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
             ax.axvline(s.transfer_log2_lr, color="grey", ls=":", lw=1)
             if math.isfinite(s.transfer_loss):
                 ax.plot(s.transfer_log2_lr, min(s.transfer_loss, top), "o", mfc="none", mec="black", ms=9)
-        title = "CompleteP" if name == "mup" and result.axis == "depth" else PARAMETRIZATIONS.get(name, name)
+        title = parametrization_label(name, result.axis)
         drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
         regret = "n/a" if math.isnan(s.regret) else f"{100 * s.regret:.1f}%"
         ax.set_title(f"{title}: optimum drift {drift} log2, regret {regret}", fontsize=10)

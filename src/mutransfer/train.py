@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError
-from mutransfer.optim import OPTIMIZERS
+from mutransfer.optim import OPTIMIZERS, lookup
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.plan import plan as make_plan
 
@@ -68,12 +68,7 @@ def optimizer_class(
     """A name from ``OPTIMIZERS`` or a callable taking param groups -> (builder, plan family)."""
     if callable(optimizer) and not isinstance(optimizer, str):
         return optimizer, family or "adam"
-    if optimizer not in OPTIMIZERS:
-        raise MutransferError(
-            f"optimizer {optimizer!r} is not known; choose one of {sorted(OPTIMIZERS)} or pass a "
-            "callable that builds an optimizer from param groups."
-        )
-    cls, default_family = OPTIMIZERS[optimizer]
+    cls, default_family = lookup(optimizer)
     return cls, family or default_family
 
 

@@ -261,9 +261,9 @@ class Plan:
     ) -> torch.optim.Optimizer:
         """The optimizer ``name`` (``adam``, ``adamw``, ``sgd``, ``muon``) over this plan's param
         groups, in one call; ``kwargs`` go to its constructor (see ``mutransfer.optim``)."""
-        from mutransfer.optim import OPTIMIZERS, make_optimizer
+        from mutransfer.optim import lookup
 
-        family = OPTIMIZERS[name][1] if name in OPTIMIZERS else "adam"
+        builder, family = lookup(name)  # a bad name fails before any work
         groups = self.param_groups(
             model,
             lr=lr,
@@ -274,7 +274,7 @@ class Plan:
             decay_vectors=decay_vectors,
             lr_scale=lr_scale,
         )
-        return make_optimizer(name, groups, **kwargs)
+        return builder(groups, **kwargs)
 
     # ---- reporting -----------------------------------------------------------------------
     def summary(self, optimizer_family: str = "adam") -> str:
