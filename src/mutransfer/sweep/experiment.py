@@ -25,7 +25,7 @@ from mutransfer.scaling.plan import plan as make_plan
 from mutransfer.scaling.roles import model_on_meta
 from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
 from mutransfer.sweep.space import Value
-from mutransfer.train import build, cross_entropy, train
+from mutransfer.train import Run, build, cross_entropy, train
 
 __all__ = ["Experiment", "Outcome", "ProxyRun", "build_tuned"]
 
@@ -74,7 +74,8 @@ class Experiment:
             implied = factory_keywords(self.data, self.make_model)
         elif self.train_fn is None:
             raise MutransferError('data: the built-in trainer needs a data source, e.g. data = "digits".')
-        self.common = {**implied, **config.shape}
+        sp_only = config.sp_shape if config.parametrization == "sp" else {}
+        self.common = {**implied, **config.shape, **sp_only}
         self.proxy = {**self.common, **config.proxy}
         self.target = {**self.common, **config.target}
         self.base = {**self.common, **(config.base if config.base is not None else config.proxy)}
@@ -147,7 +148,28 @@ class Experiment:
             steps = taken[0] or c.steps  # a function that never reports is taken to run them all
             reason = "" if math.isfinite(value) else f"your training function returned {value}"
             return Outcome(value if not reason else math.inf, steps, steps * per_step, reason)
-        result = train(
+        result = self.fit(model, optimizer, params, on_step=report)
+        value = result.val_loss if c.metric == "val_loss" else result.train_loss
+        return Outcome(
+            value=value,
+            steps=result.steps,
+            flops=result.steps * per_step,
+            diverged=result.diverged,
+            extra={"train_loss": result.train_loss, "val_loss": result.val_loss},
+        )
+
+    def fit(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: Mapping[str, Value],
+        *,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> Run:
+        """Train with the built-in trainer under the config's protocol (steps, batch, schedule,
+        seed, evaluation): a proxy trial, or the target after transfer measured the same way."""
+        c = self.config
+        return train(
             model,
             optimizer,
             self.data,
@@ -158,15 +180,7 @@ class Experiment:
             seed=c.seed,
             eval_batches=c.eval_batches,
             device=c.device,
-            on_step=report,
-        )
-        value = result.val_loss if c.metric == "val_loss" else result.train_loss
-        return Outcome(
-            value=value,
-            steps=result.steps,
-            flops=result.steps * per_step,
-            diverged=result.diverged,
-            extra={"train_loss": result.train_loss, "val_loss": result.val_loss},
+            on_step=on_step,
         )
 
 

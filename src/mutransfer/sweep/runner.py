@@ -462,6 +462,8 @@ def _check_protocol(study: Any, config: SweepConfig) -> None:
 def _protocol(config: SweepConfig) -> dict[str, Any]:
     """The config's protocol fields as plain JSON data."""
     values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
+    if config.sp_shape:  # only then, so studies saved before the field existed still resume
+        values["sp_shape"] = config.sp_shape
     return json.loads(json.dumps(values, default=_plain))
 
 
