@@ -146,7 +146,7 @@ def test_report_numbers_match_the_results_file(quick_demo):
         if not target["diverged"]:
             gap = target["val_loss"] / target_best.loss - 1
             assert cells["gap to the target's own best"][col] == f"{gap:+.1%}"
-        cost = raw["sweep"][p]["cost"]
+        cost = raw["transfer"][p]["cost"]
         assert (
             cells["tuning cost, FLOPs / one target run"][col]
             == f"{cost['proxy_flops'] / cost['target_flops']:.0%}"

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from mutransfer.coord import CoordCheck, coord_check
-from mutransfer.data import load_for_training
+from mutransfer.data import TokenData, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.grid import Optimum, fit_optimum, parametrization_label
 from mutransfer.models import GPT
@@ -106,8 +106,8 @@ class DemoResult:
     settings: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     coord: dict[str, dict[str, Any]] = field(default_factory=dict)  # CoordCheck.to_dict()
-    sweep: dict[str, dict[str, Any]] = field(default_factory=dict)  # trials, best, cost
-    transfer: dict[str, dict[str, Any]] = field(default_factory=dict)  # Transfer.to_dict()
+    sweep: dict[str, dict[str, Any]] = field(default_factory=dict)  # trials, best
+    transfer: dict[str, dict[str, Any]] = field(default_factory=dict)  # Transfer.to_dict(), with the cost
     target: dict[str, dict[str, Any]] = field(default_factory=dict)  # one run each
     scan: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # "mup/proxy" -> log2 LR -> run
     complete: bool = False
@@ -132,7 +132,7 @@ class DemoResult:
         for p in PARAMETRIZATIONS:
             proxy, target = self.optimum(p, "proxy"), self.optimum(p, "target")
             loss = _loss(self.target[p])
-            sweep, cost = self.sweep[p], self.sweep[p]["cost"]
+            sweep, cost = self.sweep[p], self.transfer[p]["cost"]
             check = CoordCheck.from_dict(self.coord[p])
             out[p] = {
                 "coord_passed": check.passed,
@@ -260,13 +260,7 @@ def run(
     sizes = sizes or (QUICK if quick else Sizes())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = data or _text_source()
-    text = load_for_training(data, sizes.block_size)
-    if not hasattr(text, "vocab_size"):
-        raise MutransferError(
-            f"the demo trains a GPT on text; {data!r} is not a text source. "
-            "Fix: --data shakespeare, or --data stdlib."
-        )
+    text = _load_text(data, sizes.block_size)
     settings = {"sizes": asdict(sizes), "data": text.name, "device": device, "model": "mutransfer.models:GPT"}
     settings = json.loads(json.dumps(settings))  # as the file holds it: tuples as lists
     result = _start(out, settings, resume)
@@ -406,18 +400,14 @@ def _sweep_config(parametrization: str, sizes: Sizes, data: str, out: Path, devi
 
 
 def _sweep_phase(config: SweepConfig, sizes: Sizes, progress: Callable[[int, int, str], None]) -> dict:
-    from mutransfer.sweep.runner import budget, status
-
     def on_status(s: Any) -> None:
         best = f", best {s.best_value:.4f}" if s.best_params else ""
         progress(s.finished, s.trials, f"{config.study} sweep{best}")
 
-    sweep(config, workers=sizes.workers, progress=on_status)
-    study = open_study(config, queue_grid=False)
-    s = status(study, budget(config))
+    s = sweep(config, workers=sizes.workers, progress=on_status)
     if s.best_number is None:
         raise MutransferError(f"the proxy sweep finished no trial ({s.line()}); see {config.storage_url}.")
-    experiment = Experiment(config)
+    study = open_study(config, queue_grid=False)
     return {
         "study": config.study,
         "storage": config.storage_url,
@@ -425,11 +415,6 @@ def _sweep_phase(config: SweepConfig, sizes: Sizes, progress: Callable[[int, int
         "line": s.line(),
         "trials": [_trial(t) for t in study.get_trials(deepcopy=False)],
         "best": {"number": s.best_number, "value": s.best_value, "params": dict(s.best_params)},
-        "cost": {
-            "proxy_flops": s.flops,
-            "proxy_seconds": s.seconds,
-            "target_flops": config.steps * experiment.flops_per_step(experiment.target),
-        },
     }
 
 
@@ -496,13 +481,21 @@ def _start(out: Path, settings: dict[str, Any], resume: bool) -> DemoResult:
     return DemoResult(settings=settings)
 
 
-def _text_source() -> str:
-    """Shakespeare when its package is installed, else the Python standard library's bytes."""
-    try:
-        load_for_training("shakespeare", 64)
-        return "shakespeare"
-    except MutransferError:
-        return "stdlib"
+def _load_text(name: str | None, block_size: int) -> TokenData:
+    """The named text source; by default Shakespeare when its package is installed, else the
+    bytes of the Python standard library (always there)."""
+    if name is None:
+        try:
+            return load_for_training("shakespeare", block_size)
+        except MutransferError:
+            name = "stdlib"
+    text = load_for_training(name, block_size)
+    if not isinstance(text, TokenData):
+        raise MutransferError(
+            f"the demo trains a GPT on text; {name!r} is not a text source. "
+            "Fix: --data shakespeare, or --data stdlib."
+        )
+    return text
 
 
 def _provenance(command: str, device: str, seconds: dict[str, float], started: float) -> dict[str, Any]:
