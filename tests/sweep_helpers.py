@@ -51,3 +51,21 @@ def mlp_config(tmp_path: Path, **changes) -> SweepConfig:
         storage=str(tmp_path / "sweep.journal"),
     )
     return SweepConfig(**{**settings, **changes})
+
+
+def gpt_config(tmp_path: Path, **changes) -> SweepConfig:
+    """A tiny sweep of the reference GPT on the standard library's bytes, journal in ``tmp_path``."""
+    settings = dict(
+        factory="mutransfer.models:GPT",
+        data="stdlib",
+        block_size=16,
+        proxy={"width": 16},
+        target={"width": 64},
+        steps=4,
+        batch_size=2,
+        eval_batches=1,
+        trials=2,
+        space={"lr": Range(1e-3, 1e-2, log=True)},
+        storage=str(tmp_path / "gpt.journal"),
+    )
+    return SweepConfig(**{**settings, **changes})

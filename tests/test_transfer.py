@@ -15,7 +15,7 @@ from mutransfer.cli import main
 from mutransfer.errors import MutransferError
 from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig, open_study, status
-from sweep_helpers import mlp_config
+from sweep_helpers import gpt_config, mlp_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,20 +83,12 @@ def test_the_file_round_trips_and_builds_a_trainable_target(swept, tmp_path):
 
 def test_sweep_on_a_shallow_proxy_transfers_to_a_deeper_wider_target(tmp_path):
     """A GPT tuned at width 16 with 1 block goes to width 64 with 4 blocks: CompleteP on top of muP."""
-    config = SweepConfig(
-        factory="mutransfer.models:GPT",
-        data="stdlib",
-        block_size=16,
+    config = gpt_config(
+        tmp_path,
         proxy={"width": 16, "depth": 1},
         target={"width": 64, "depth": 4},
         depth="depth",
         residual=list(GPT.residual),
-        steps=4,
-        batch_size=2,
-        eval_batches=1,
-        trials=2,
-        space={"lr": Range(1e-3, 1e-2, log=True)},
-        storage=str(tmp_path / "deep.journal"),
     )
     mutransfer.sweep(config)
     t = mutransfer.transfer(config)
@@ -121,21 +113,7 @@ def test_sweep_on_a_shallow_proxy_transfers_to_a_deeper_wider_target(tmp_path):
 def test_sp_shape_builds_the_standard_model_only_in_standard_parametrization(tmp_path):
     """The GPT's muP attention (base_d_head) is a factory keyword: a standard transfer must
     build the standard model (1/sqrt(d) attention), a muP one the muP model, from one study."""
-    config = SweepConfig(
-        factory="mutransfer.models:GPT",
-        data="stdlib",
-        block_size=16,
-        proxy={"width": 16},
-        target={"width": 64},
-        shape={"depth": 1, "base_d_head": 4},
-        sp_shape={"base_d_head": None},
-        steps=4,
-        batch_size=2,
-        eval_batches=1,
-        trials=2,
-        space={"lr": Range(1e-3, 1e-2, log=True)},
-        storage=str(tmp_path / "gpt.journal"),
-    )
+    config = gpt_config(tmp_path, shape={"depth": 1, "base_d_head": 4}, sp_shape={"base_d_head": None})
     mutransfer.sweep(config)
     mup, sp = mutransfer.transfer(config), mutransfer.transfer(config, parametrization="sp")
     assert mup.shape["base_d_head"] == 4 and sp.shape["base_d_head"] is None

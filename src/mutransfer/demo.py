@@ -43,7 +43,7 @@ import torch
 
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.data import TokenData, load_for_training
-from mutransfer.errors import MutransferError
+from mutransfer.errors import MutransferError, check_format
 from mutransfer.grid import Optimum, fit_optimum, parametrization_label
 from mutransfer.models import GPT
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
@@ -188,7 +188,7 @@ class DemoResult:
             which = f"The muP target's loss is {-change:.1%} lower than the standard target's"
         else:
             which = f"The standard target's loss is {change:.1%} lower than the muP target's"
-        return f"{which} (one seed each; nearby learning rates differ by about 1% here)."
+        return f"{which} (one seed each)."
 
     def table(self) -> str:
         """The terminal summary."""
@@ -211,11 +211,7 @@ class DemoResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DemoResult:
-        if data.get("format") != FORMAT_VERSION:
-            raise MutransferError(
-                f"demo results format {data.get('format')!r} is not supported (expected {FORMAT_VERSION}); "
-                "rerun mutransfer demo without --resume."
-            )
+        check_format(data, (FORMAT_VERSION,), "demo results", "rerun mutransfer demo without --resume.")
         return cls(**{k: v for k, v in data.items() if k not in ("format", "summary")})
 
     def save(self, path: str | os.PathLike) -> None:

@@ -237,8 +237,7 @@ def _plot_sweep(result: DemoResult, path: Path) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), sharey=True, layout="constrained")
     finite = [t["value"] for p in ("mup", "sp") for t in result.sweep[p]["trials"] if t["value"] is not None]
-    low, high = min(finite), max(finite)
-    top = high + 0.05 * (high - low or 1)
+    top, limits = _edge_and_limits(finite)
     for ax, p in zip(axes, ("mup", "sp"), strict=True):
         sweep = result.sweep[p]
         done = [t for t in sweep["trials"] if t["state"] == "complete"]
@@ -274,7 +273,7 @@ def _plot_sweep(result: DemoResult, path: Path) -> None:
         ax.set_xlabel("log2 learning rate")
         ax.grid(alpha=0.3, lw=0.4)
         ax.legend(fontsize=8, loc="upper left")
-        ax.set_ylim(low - 0.03 * (high - low or 1), top + 0.03 * (high - low or 1))
+        ax.set_ylim(*limits)
     axes[0].set_ylabel("validation loss")
     fig.suptitle(f"Proxy sweeps at width {result.settings['sizes']['proxy']}", fontsize=11)
     fig.savefig(path, dpi=110)
@@ -292,8 +291,7 @@ def _plot_scan(result: DemoResult, path: Path) -> None:
     finite = [
         r["val_loss"] for runs in result.scan.values() for r in runs.values() if r["val_loss"] is not None
     ]
-    low, high = min(finite), max(finite)
-    top = high + 0.05 * (high - low or 1)
+    top, limits = _edge_and_limits(finite)
     for ax, p in zip(axes, ("mup", "sp"), strict=True):
         colour = _PARAM_COLOURS[p]
         for where, style, alpha in (("proxy", "--o", 0.45), ("target", "-o", 1.0)):
@@ -336,7 +334,7 @@ def _plot_scan(result: DemoResult, path: Path) -> None:
         ax.set_xlabel("log2 learning rate (other values as transferred)")
         ax.grid(alpha=0.3, lw=0.4)
         ax.legend(fontsize=8, loc="upper center")
-        ax.set_ylim(low - 0.04 * (high - low or 1), top + 0.03 * (high - low or 1))
+        ax.set_ylim(*limits)
     axes[0].set_ylabel("validation loss")
     fig.suptitle(
         f"Does the best LR at width {sz['proxy']} (pale) stay best {sz['target'] // sz['proxy']}x wider? "
@@ -366,6 +364,15 @@ def _plot_target_runs(result: DemoResult, path: Path) -> None:
     ax.set_title(f"Target (width {sz['target']}) trained with the proxy's values", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _edge_and_limits(losses: Sequence[float]) -> tuple[float, tuple[float, float]]:
+    """Where diverged runs are drawn (just above the highest finite loss), and y limits that
+    show every finite loss and that edge."""
+    low, high = min(losses), max(losses)
+    pad = high - low or 1.0
+    edge = high + 0.05 * pad
+    return edge, (low - 0.04 * pad, edge + 0.03 * pad)
 
 
 def _signed(x: float) -> str:

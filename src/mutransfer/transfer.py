@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mutransfer.errors import MutransferError
+from mutransfer.errors import MutransferError, check_format
 from mutransfer.scaling.plan import Plan
 from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
 from mutransfer.sweep.space import Range
@@ -160,11 +160,7 @@ class Transfer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transfer:
-        if data.get("format") != FORMAT_VERSION:
-            raise MutransferError(
-                f"transfer format {data.get('format')!r} is not supported (expected {FORMAT_VERSION}); "
-                "rerun mutransfer transfer with this version."
-            )
+        check_format(data, (FORMAT_VERSION,), "transfer", "rerun mutransfer transfer with this version.")
         return cls(
             factory=data["factory"],
             shape=data["shape"],

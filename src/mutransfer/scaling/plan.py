@@ -36,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mutransfer.errors import MutransferError
+from mutransfer.errors import MutransferError, check_format
 from mutransfer.scaling.depth import Depth, check_depth_arguments, find_depth
 from mutransfer.scaling.forward import ScaleInput, ScaleOutput, plan_hooks
 from mutransfer.scaling.roles import (
@@ -347,11 +347,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        if data.get("format") not in (1, FORMAT_VERSION):
-            raise MutransferError(
-                f"plan format {data.get('format')!r} is not supported (expected {FORMAT_VERSION}). "
-                "Fix: rebuild the plan with this version of mutransfer."
-            )
+        check_format(data, (1, FORMAT_VERSION), "plan", "rebuild the plan with this version of mutransfer.")
         params = tuple(
             ParamRole(
                 name=d["name"],
