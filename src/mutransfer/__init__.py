@@ -6,6 +6,8 @@ plan.init_(model)
 optimizer = torch.optim.AdamW(plan.param_groups(model, lr=3e-3, weight_decay=0.1))
 result = mutransfer.coord_check(make_model, widths=[64, 128, 256, 512], data=mutransfer.data.stdlib())
 grid = mutransfer.grid(make_model, widths=[64, 256, 1024], lrs=[2**k for k in range(-12, -4)], data=...)
+steps = mutransfer.grid(make_model, shape={"width": 64}, steps=[100, 200, 400, 800], lrs=..., data=...)
+mutransfer.fit(steps).predict(20000)                                  # the best LR at 20000 steps
 mutransfer.sweep(mutransfer.load_config("sweep.toml"), workers=2)   # tune the proxy (Optuna)
 target = mutransfer.transfer(config); target.save("target.json")     # its settings at full size
 """
@@ -13,6 +15,7 @@ target = mutransfer.transfer(config); target.save("target.json")     # its setti
 from mutransfer import data, models, testing  # noqa: F401  (subpackages: mutransfer.data.stdlib())
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.errors import MutransferError
+from mutransfer.fit import PowerLaw, fit
 from mutransfer.grid import Grid, grid
 from mutransfer.report import plot_coord_check, plot_grid
 from mutransfer.scaling import (
@@ -35,6 +38,7 @@ __all__ = [
     "MutransferError",
     "ParamRole",
     "Plan",
+    "PowerLaw",
     "ProxyRun",
     "Range",
     "Role",
@@ -42,6 +46,7 @@ __all__ = [
     "Transfer",
     "attention_scale",
     "coord_check",
+    "fit",
     "grid",
     "load_config",
     "load_plan",

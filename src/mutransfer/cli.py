@@ -5,6 +5,8 @@ mutransfer plan mutransfer.models:GPT --base width=64 --target width=1024 --out 
 mutransfer coord-check mutransfer.models:GPT --widths 32 64 128 256 --set base_d_head=8 --out coord.png
 mutransfer coord-check mutransfer.models:GPT --depths 2 4 8 16 --residual 'blocks.*proj' --compare-sp
 mutransfer grid mutransfer.models:MLP --data fashion-mnist --widths 128 256 512 1024 --json grid.json
+mutransfer grid mutransfer.models:GPT --set width=64 --steps 100 200 400 800 --json steps.json
+mutransfer fit steps.json --to steps=20000
 mutransfer sweep examples/sweep-mlp.toml --workers 2
 mutransfer transfer examples/sweep-mlp.toml --out target.json
 """
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
 from mutransfer.data import Batches, factory_keywords, load_for_training
 from mutransfer.errors import MutransferError
@@ -77,7 +80,8 @@ def _plan(args: argparse.Namespace) -> int:
 def _load_data(args: argparse.Namespace, make_model: Callable) -> tuple[Batches, dict[str, object]]:
     """The data source, and the factory keywords it decides (the input size, the context
     length) for those the factory takes and ``--set`` leaves open."""
-    data = load_for_training(args.data, args.block_size)
+    block_size = max(args.block_size) if isinstance(args.block_size, list) else args.block_size
+    data = load_for_training(args.data, block_size)
     shape = parse_shape(args.set)
     filled = {k: v for k, v in factory_keywords(data, make_model).items() if k not in shape}
     if filled:
@@ -133,6 +137,7 @@ def _grid(args: argparse.Namespace) -> int:
     make_model = load_factory(args.factory)
     data, shape = _load_data(args, make_model)
     lrs = args.lrs or [2.0**k for k in args.log2_lrs]
+    training = any(len(set(v)) > 1 for v in (args.steps, args.batch_size, args.block_size))
     print(
         f"results are saved to {args.json} after every cell; rerun the same command to resume",
         file=sys.stderr,
@@ -140,7 +145,7 @@ def _grid(args: argparse.Namespace) -> int:
     try:
         result = grid(
             make_model,
-            **_axis(args, default_widths=[32, 64, 128, 256]),
+            **_axis(args, default_widths=[] if training else [32, 64, 128, 256]),
             lrs=lrs,
             data=data,
             parametrizations=args.parametrizations,
@@ -149,6 +154,7 @@ def _grid(args: argparse.Namespace) -> int:
             base=args.base,
             steps=args.steps,
             batch_size=args.batch_size,
+            block_size=args.block_size,
             warmup=args.warmup,
             schedule=args.schedule,
             optimizer=args.optimizer,
@@ -376,7 +382,9 @@ def _depth_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_and_data_arguments(parser: argparse.ArgumentParser, batch_size: int) -> None:
+def _model_and_data_arguments(
+    parser: argparse.ArgumentParser, batch_size: int, several: bool = False
+) -> None:
     """The flags every training command shares: the factory, its keywords, the width and the data."""
     parser.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="fixed factory keywords")
@@ -397,11 +405,49 @@ def _model_and_data_arguments(parser: argparse.ArgumentParser, batch_size: int) 
     parser.add_argument(
         "--data", default="stdlib", help="stdlib, shakespeare, fashion-mnist, mnist-5k or digits"
     )
+    axis = dict(nargs="+", type=int) if several else dict(type=int)  # a grid may sweep these
     parser.add_argument(
-        "--block-size", type=int, default=128, help="sequence length for text data (default 128)"
+        "--block-size",
+        default=[128] if several else 128,
+        help="sequence length for text data (default 128)" + (SEVERAL if several else ""),
+        **axis,
     )
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"default {batch_size}")
+    parser.add_argument(
+        "--batch-size",
+        default=[batch_size] if several else batch_size,
+        help=f"default {batch_size}" + (SEVERAL if several else ""),
+        **axis,
+    )
     parser.add_argument("--device", default="cpu")
+
+
+SEVERAL = "; several values make it the grid's axis, at the one width --set gives"
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from mutransfer.fit import fit
+
+    result = Grid.load(args.grid)
+    law = fit(result, args.parametrization)
+    print(f"{result.axis} x LR grid {args.grid}: {result.protocol['factory']} on {result.protocol['data']}")
+    print(law.text())
+    for item in args.to:
+        key, _, value = item.partition("=")
+        if key != result.axis or not value:
+            raise MutransferError(
+                f"--to {item!r}: give the grid's axis and a size, e.g. --to {result.axis}=20000."
+            )
+        prediction = law.predict(float(value))
+        print(prediction.text(result.axis))
+        if prediction.extrapolates:
+            print(f"warning: {result.axis} {value} is {prediction.outside:.3g}x beyond the measured range; "
+                  "the power law is an assumption there", file=sys.stderr)  # fmt: skip
+    if args.json:
+        from mutransfer.files import save_json
+
+        save_json(args.json, law.to_dict())
+        print(f"fit written to {args.json}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -475,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
         "its drift across widths and the regret of reusing the narrowest width's optimum at the widest. "
         "Cells are saved as they finish; rerunning the same command resumes.",
     )
-    _model_and_data_arguments(g, batch_size=32)
+    _model_and_data_arguments(g, batch_size=32, several=True)
     g.add_argument("--widths", nargs="+", type=int, help="at least 2 widths (default 32 64 128 256)")
     lr = g.add_mutually_exclusive_group()
     lr.add_argument(
@@ -490,7 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--parametrizations", nargs="+", default=["sp", "mup"], choices=list(PARAMETRIZATIONS), metavar="P"
     )
-    g.add_argument("--steps", type=int, default=300, help="training steps per cell (default 300)")
+    g.add_argument(
+        "--steps", nargs="+", type=int, default=[300], help="training steps per cell (default 300)" + SEVERAL
+    )
     g.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps with linear warmup")
     g.add_argument("--schedule", default="cosine", choices=SCHEDULES, help="decay after warmup")
     g.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS))
@@ -502,6 +550,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--out", help="the plot (PNG; default: the --json path with .png)")
     g.set_defaults(run=_grid)
+
+    f = sub.add_parser(
+        "fit",
+        help="fit how the best LR moves along a grid's axis (a power law) and extrapolate it",
+        description="Fits log2(optimal LR) = a + e log2(size) to the optima of a grid over steps, batch "
+        "size, sequence length (or width and depth, where muP's e should be near 0), with the exponent's "
+        "standard error, and predicts the optimum at other sizes; beyond 10x the measured range it warns.",
+    )
+    f.add_argument("grid", help="a grid results file (mutransfer grid ... --json)")
+    f.add_argument("--to", nargs="+", default=[], metavar="AXIS=SIZE", help="predict here, e.g. steps=20000")
+    f.add_argument("--parametrization", choices=list(PARAMETRIZATIONS), help="default: mup")
+    f.add_argument("--json", help="write the fit here")
+    f.set_defaults(run=_fit)
 
     def config_command(name: str, run: Callable, help: str, description: str = "") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=description or help)
@@ -549,11 +610,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for run records
-    try:
-        return args.run(args)
-    except MutransferError as exc:
-        print(f"mutransfer: error: {exc}", file=sys.stderr)
-        return 2
+    with ctrl_c_raises_interrupted():
+        try:
+            return args.run(args)
+        except MutransferError as exc:
+            print(f"mutransfer: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # commands with work to keep say where it is; this is the rest
+            print("\ninterrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

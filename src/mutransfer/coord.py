@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import copy
 import fnmatch
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -50,8 +49,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mutransfer.data.batches import Batches
-from mutransfer.errors import MutransferError
+from mutransfer.data.batches import Batches, fetch
+from mutransfer.errors import MutransferError, check_number
+from mutransfer.files import save_json
 from mutransfer.scaling.forward import AttentionLogits
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
@@ -180,8 +180,7 @@ class CoordCheck:
         return cls(**fields)
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        save_json(path, self.to_dict())
 
 
 def coord_check(
@@ -205,7 +204,7 @@ def coord_check(
     batch_size: int = 8,
     loss: LossFn | None = None,
     modules: Sequence[str] | None = None,
-    init_law: str = "fan_in",
+    init_law: str | None = None,
     zero: Sequence[str] = (),
     threshold: float = GROWTH_THRESHOLD,
     device: str | torch.device = "cpu",
@@ -228,6 +227,7 @@ def coord_check(
     axis, widths = axis_of(
         widths, depths, width_key=width_key, depth_key=depth_key, residual=residual, alpha=alpha
     )
+    lr = check_number(lr, "lr", positive=True)
     if len(widths) < 3:
         raise MutransferError(
             f"a coordinate check needs at least 3 distinct {axis.name}s to fit a slope, got {widths}. "
@@ -342,7 +342,7 @@ def _run(model, optimizer, data, steps, seed, batch_size, loss_fn, patterns, dev
 
         return record
 
-    probe = [t.to(device) for t in data.batch(0, batch_size, seed=seed)]
+    probe = fetch(data, 0, batch_size, seed=seed, device=device)
     losses: list[float] = []
     for step in range(steps + 1):
         handles = [
@@ -359,7 +359,7 @@ def _run(model, optimizer, data, steps, seed, batch_size, loss_fn, patterns, dev
                 h.remove()
         if step == steps:
             break
-        x, y = (t.to(device) for t in data.batch(step + 1, batch_size, seed=seed))
+        x, y = fetch(data, step + 1, batch_size, seed=seed, device=device)
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         optimizer.step()

@@ -43,12 +43,13 @@ import torch
 
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.data import TokenData, load_for_training
-from mutransfer.errors import MutransferError, check_format
+from mutransfer.errors import MutransferError
+from mutransfer.files import check_format, load_json, save_json
 from mutransfer.grid import Optimum, fit_optimum, parametrization_label
 from mutransfer.models import GPT
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
 from mutransfer.sweep.experiment import Experiment, build_tuned
-from mutransfer.train import Run
+from mutransfer.train import Run, check_device
 from mutransfer.transfer import Transfer, transfer
 
 __all__ = ["PHASES", "QUICK", "DemoResult", "Sizes", "run"]
@@ -215,13 +216,15 @@ class DemoResult:
         return cls(**{k: v for k, v in data.items() if k not in ("format", "summary")})
 
     def save(self, path: str | os.PathLike) -> None:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        tmp.replace(path)  # a kill mid-write leaves the previous file whole
+        save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> DemoResult:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        data = load_json(path, "demo result file", "rerun mutransfer demo without --resume.")
+        try:
+            return cls.from_dict(data)
+        except KeyError as exc:
+            raise MutransferError(f"{path} is not a demo result file (no {exc}).") from None
 
 
 def run(
@@ -248,11 +251,7 @@ def run(
             "the demo's report needs matplotlib, which is not installed. Fix: pip install matplotlib "
             "(or pip install 'mutransfer[plot]')."
         ) from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MutransferError(
-            f"device {device!r}: torch {torch.__version__} sees no CUDA GPU here. Fix: --device cpu, or "
-            "install a CUDA build of torch on a machine with a GPU."
-        )
+    check_device(device)
     sizes = sizes or (QUICK if quick else Sizes())
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,11 @@
-"""The one exception type users need to catch."""
+"""The one exception type users need to catch, and the number check every entry point shares."""
 
-from collections.abc import Collection, Mapping
+from __future__ import annotations
+
+import math
 from typing import Any
 
-__all__ = ["MutransferError", "check_format"]
+__all__ = ["MutransferError", "check_number"]
 
 
 class MutransferError(ValueError):
@@ -13,9 +15,11 @@ class MutransferError(ValueError):
     """
 
 
-def check_format(data: Mapping[str, Any], supported: Collection[int], what: str, fix: str) -> None:
-    """Refuse a file saved in a format this version cannot read, naming the fix."""
-    if data.get("format") not in supported:
-        raise MutransferError(
-            f"{what} format {data.get('format')!r} is not supported (expected {max(supported)}). Fix: {fix}"
-        )
+def check_number(value: Any, name: str, *, positive: bool = False) -> float:
+    """``value`` as a float, refusing what is not a finite number >= 0 (> 0 when ``positive``):
+    a nan learning rate trains nothing and says nothing, so it stops here instead."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise MutransferError(f"{name} must be a finite number {bound}, got {value!r}.")
+    return float(value)

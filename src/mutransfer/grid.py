@@ -29,7 +29,6 @@ skips the cells already there, so a killed grid resumes where it stopped.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -40,9 +39,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
-from mutransfer.errors import MutransferError
+from mutransfer.errors import MutransferError, check_number
+from mutransfer.files import load_json, save_json
+from mutransfer.scaling.plan import init_law_of
 from mutransfer.train import (
+    TRAINING_AXES,
     LossFn,
     OptimizerSpec,
     axis_of,
@@ -56,6 +59,13 @@ from mutransfer.train import (
 __all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "grid", "transfer_lr"]
 
 PARAMETRIZATIONS = {"sp": "standard", "mup": "muP"}
+
+
+def plural(axis: str) -> str:
+    """How text names several sizes of an axis."""
+    return {"steps": "training lengths", "batch_size": "batch sizes", "block_size": "sequence lengths"}.get(
+        axis, f"{axis}s"
+    )
 
 
 def parametrization_label(name: str, axis: str = "width") -> str:
@@ -177,10 +187,13 @@ class Grid:
         """The loss of every cell (``*`` the best per width), then optimum, drift and regret."""
         p = self.protocol
         axis = self.axis
+        budget = {"steps": f"batch {p['batch_size']}", "batch_size": f"{p['steps']} steps"}.get(
+            axis, f"{p['steps']} steps of batch {p['batch_size']}"
+        )
+        model = f" at {p['width_key']} {p['shape'].get(p['width_key'])}" if axis in TRAINING_AXES else ""
         lines = [
-            f"{axis} x LR grid: {p['factory']} on {p['data']}, {p['steps']} steps of batch "
-            f"{p['batch_size']}, {p['optimizer']}, warmup {p['warmup']:g} then {p['schedule']}; "
-            "validation loss"
+            f"{axis} x LR grid: {p['factory']}{model} on {p['data']}, {budget}, {p['optimizer']}, "
+            f"warmup {p['warmup']:g} then {p['schedule']}; validation loss"
         ]
         head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
         summaries = [self.summary(name) for name in self.parametrizations]
@@ -191,14 +204,15 @@ class Grid:
                 cells = [_cell_text(v, v == o.loss) for v in losses]
                 rows.append([f"{axis} {o.width}", *cells, _optimum_text(o)])
             sizes = [max(len(r[i]) for r in rows) for i in range(len(head))]
-            base = f" (base {axis} {p['base']})" if name == "mup" else ""
+            base_axis = p["width_key"] if axis in TRAINING_AXES else axis
+            base = f" (base {base_axis} {p['base']})" if name == "mup" else ""
             lines += ["", f"{parametrization_label(name, axis)}{base}:"]
             lines += ["  " + "  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
             lines.append(_verdict_text(s, self.widths, axis))
         edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
         if edge:
             lines.append(
-                f"note: at {axis}s {edge} the best LR is at the grid's edge, so the optimum may lie "
+                f"note: at {plural(axis)} {edge} the best LR is at the grid's edge, so the optimum may lie "
                 "outside it. Fix: extend the LR range on that side."
             )
         return "\n".join(lines)
@@ -224,17 +238,15 @@ class Grid:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a kill mid-write leaves the previous file whole."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        save_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Grid:
+        fix = "pass another path, or move it away to start over."
+        data = load_json(path, "grid result file", fix)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as exc:
             raise MutransferError(
                 f"{path} is not a grid result file ({exc}). "
                 "Fix: pass another path, or delete it to start over."
@@ -248,7 +260,7 @@ def grid(
     depths: Sequence[int] = (),
     lrs: Sequence[float],
     data: Batches,
-    parametrizations: Sequence[str] = ("sp", "mup"),
+    parametrizations: Sequence[str] | None = None,
     shape: Mapping[str, Any] | None = None,
     sp_shape: Mapping[str, Any] | None = None,
     width_key: str = "width",
@@ -256,15 +268,17 @@ def grid(
     residual: Sequence[str] = (),
     alpha: float = 1.0,
     base: int | None = None,
-    steps: int = 300,
-    batch_size: int = 32,
+    steps: int | Sequence[int] = 300,
+    batch_size: int | Sequence[int] = 32,
+    block_size: int | Sequence[int] | None = None,
     warmup: float = 0.1,
     schedule: str = "cosine",
     optimizer: OptimizerSpec = "adam",
     optimizer_family: str | None = None,
     weight_decay: float = 0.0,
-    init_law: str = "fan_in",
+    init_law: str | None = None,
     zero: Sequence[str] = (),
+    multipliers: Mapping[str, float] | None = None,
     seeds: int = 1,
     eval_batches: int = 16,
     loss: LossFn | None = None,
@@ -277,20 +291,40 @@ def grid(
     ``shape`` holds the factory's other keywords; ``sp_shape`` those that differ for the standard
     model (e.g. ``{"base_d_head": None}``). muP uses the plan from ``base`` (default: the
     narrowest width, where muP and standard parametrization coincide) with ``init_law`` and
-    ``zero`` as in ``Plan.init_``. ``lrs`` are base learning rates, best spaced evenly in log2.
-    ``path``: save after every cell and resume from it. ``progress`` is told before every cell.
+    ``zero`` as in ``Plan.init_``, and ``multipliers`` (``init_scale``, ``input_mult``,
+    ``output_mult``, as a sweep tunes them on the proxy) on its cells. ``lrs`` are base learning
+    rates, best spaced evenly in log2. ``path``: save after every cell and resume from it.
+    ``progress`` is told before every cell.
 
     ``depths=`` instead of ``widths=`` makes a depth grid: ``depth_key`` varies, ``shape`` holds
     the width, and "mup" is the CompleteP plan (``residual``, ``alpha``; see ``mutransfer.plan``)
     from ``base`` blocks.
+
+    A list of ``steps``, ``batch_size`` or ``block_size`` (sequence length; text data) instead
+    makes a training-axis grid: one model, at the width ``shape`` gives, trained at every size
+    and LR; muP means the plan from the ``base`` width (default: the model's own, where muP is
+    the model as built) and is the only parametrization by default. Every cell of a batch-size
+    grid is evaluated on the same examples (batches of the largest size). Fit how the optimum
+    moves with ``mutransfer.fit``.
     """
+    training = {k: v for k, v in (("steps", steps), ("batch_size", batch_size), ("block_size", block_size))
+                if _several(v)}  # fmt: skip
     axis, widths = axis_of(
-        widths, depths, width_key=width_key, depth_key=depth_key, residual=residual, alpha=alpha
+        widths,
+        depths,
+        width_key=width_key,
+        depth_key=depth_key,
+        residual=residual,
+        alpha=alpha,
+        training=training,
     )
-    lrs = sorted({float(lr) for lr in lrs})
+    steps, batch_size, block_size = (_one(v) for v in (steps, batch_size, block_size))
+    if parametrizations is None:
+        parametrizations = ("mup",) if axis.trains else ("sp", "mup")
+    lrs = sorted({check_number(lr, "every learning rate in lrs", positive=True) for lr in lrs})
     if len(widths) < 2:
         raise MutransferError(
-            f"a grid needs at least 2 {axis.name}s, got {widths}. Fix: e.g. {axis.name}s=[128, 256, 512]."
+            f"a grid needs at least 2 {plural(axis.name)}, got {widths}. Fix: e.g. [128, 256, 512]."
         )
     if len(lrs) < 3 or lrs[0] <= 0:
         raise MutransferError(
@@ -305,18 +339,30 @@ def grid(
     if seeds < 1:
         raise MutransferError(f"seeds must be at least 1, got {seeds}.")
     _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
-    check_budget(steps, batch_size, eval_batches, warmup, schedule)
     shape = dict(shape or {})
-    base = widths[0] if base is None else int(base)
+    runs = {w: _run_settings(axis, w, steps, batch_size, data, block_size) for w in widths}
+    for settings in runs.values():
+        check_budget(settings["steps"], settings["batch_size"], eval_batches, warmup, schedule)
+    takes_block = "block_size" in factory_keywords(data, make_model)
+    sized = {w: {**shape, **_model_keywords(axis, w, takes_block, block_size)} for w in widths}
+    if axis.trains:
+        if width_key not in shape:
+            raise MutransferError(
+                f"a {axis.name} grid trains one model at every size: give its width in shape=, e.g. "
+                f"shape={{{width_key!r}: 64}}, and the muP base width with base= (default: the same)."
+            )
+        base = shape[width_key] if base is None else int(base)
+    else:
+        base = widths[0] if base is None else int(base)
     shapes = {"sp": {**shape, **(sp_shape or {})}, "mup": shape}
     protocol = {
         "factory": _name(make_model),
         "data": getattr(data, "name", type(data).__name__),
         "data_fingerprint": getattr(data, "fingerprint", ""),
-        "block_size": getattr(data, "block_size", None),
+        "block_size": block_size or getattr(data, "block_size", None),
         "shape": shape,
         "sp_shape": dict(sp_shape or {}),
-        "width_key": axis.key,
+        "width_key": axis.width_key if axis.trains else axis.key,
         "base": base,
         "steps": steps,
         "batch_size": batch_size,
@@ -324,23 +370,33 @@ def grid(
         "schedule": schedule,
         "optimizer": _name(optimizer),
         "weight_decay": weight_decay,
-        "init_law": init_law,
+        "init_law": init_law or init_law_of(make_model),
         "zero": list(zero),
         "eval_batches": eval_batches,
         "loss": _name(loss or cross_entropy),
     }
     if axis.name == "depth":  # only then, so width grids saved before depth existed still resume
         protocol |= {"axis": "depth", "residual": list(axis.residual), "alpha": axis.alpha}
+    multipliers = dict(multipliers or {})
+    unknown_mult = sorted(set(multipliers) - {"init_scale", "input_mult", "output_mult"})
+    if unknown_mult:
+        raise MutransferError(
+            f"multipliers: {unknown_mult} unknown; the tunable ones are init_scale, input_mult, output_mult."
+        )
+    if multipliers:  # only then, so grids saved before they existed still resume
+        protocol["multipliers"] = {
+            k: check_number(v, f"multipliers.{k}", positive=True) for k, v in multipliers.items()
+        }
+    if axis.trains:  # the swept setting is the axis; the cells' sizes say its values
+        protocol |= {"axis": axis.name, axis.name: None, "eval_batch_size": runs[widths[-1]]["batch_size"]}
     result = Grid(protocol, tuple(widths), tuple(lrs), tuple(parametrizations), seeds)
     if path is not None and Path(path).exists():
         result = _resume(Grid.load(path), result, path)
     run_settings = dict(
-        data=data,
-        steps=steps,
-        batch_size=batch_size,
         warmup=warmup,
         schedule=schedule,
         eval_batches=eval_batches,
+        eval_batch_size=runs[widths[-1]]["batch_size"] if axis.name == "batch_size" else None,
         loss=loss or cross_entropy,
         device=device,
     )
@@ -352,20 +408,23 @@ def grid(
         zero=zero,
         device=device,
     )
-    sizes = {w: _parameter_count(make_model, {**shape, axis.key: w}) for w in widths}
+    # what a cell costs, for the time-left estimate: parameters, or the training axis's size
+    sizes = {w: w if axis.trains else _parameter_count(make_model, sized[w]) for w in widths}
     clock = _Clock(sizes)
-    plans = {w: axis.plan(make_model, shape, base, w) for w in widths} if "mup" in parametrizations else {}
+    plans = {w: axis.plan(make_model, sized[w], base, w) for w in widths} if "mup" in parametrizations else {}
 
     def run(cell: tuple[str, int, float, int, bool]) -> Cell:
         name, width, lr, seed, transfer = cell
-        plan, settings = (plans[width], build_settings) if name == "mup" else (None, build_settings)
-        if name == "sp" and family == "muon":  # Muon needs roles: the identity plan is standard
-            plan, settings = axis.plan(make_model, shapes["sp"], width, width), {**build_settings, "zero": ()}
-        model, opt = build(
-            make_model, {**shapes[name], axis.key: width}, plan=plan, lr=lr, seed=seed, **settings
+        plan, settings = (
+            (plans[width], {**build_settings, **multipliers}) if name == "mup" else (None, build_settings)
         )
+        model_shape = {**shapes[name], **_model_keywords(axis, width, takes_block, block_size)}
+        if name == "sp" and family == "muon":  # Muon needs roles: the identity plan is standard
+            plan = axis.plan(make_model, model_shape, shape[width_key] if axis.trains else width, width)
+            settings = {**build_settings, "zero": ()}
+        model, opt = build(make_model, model_shape, plan=plan, lr=lr, seed=seed, **settings)
         try:
-            r = train(model, opt, seed=seed, **run_settings)
+            r = train(model, opt, seed=seed, **run_settings, **runs[width])
         except (RuntimeError, TypeError, IndexError) as exc:  # not divergence: a bug to show
             raise MutransferError(
                 f"training the {_label(cell, axis.name)} failed: {type(exc).__name__}: {exc}. The cells done "
@@ -389,6 +448,37 @@ def grid(
     if progress:
         progress(len(result.cells), len(result.cells), "done", 0.0)
     return result
+
+
+def _several(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str) and len(set(value)) > 1
+
+
+def _one(value: Any) -> Any:
+    """A setting given as a one-element list is that element."""
+    return value[0] if isinstance(value, Sequence) and not isinstance(value, str) and value else value
+
+
+def _run_settings(axis: Any, size: int, steps: Any, batch_size: Any, data: Batches, block: Any) -> dict:
+    """``train``'s steps, batch size and data at one size of the axis."""
+    settings = {"steps": steps, "batch_size": batch_size, "data": data}
+    if axis.name in ("steps", "batch_size"):
+        settings[axis.name] = size
+    block = size if axis.name == "block_size" else block
+    if block is not None and block != getattr(data, "block_size", block):
+        if not hasattr(data, "with_block_size"):
+            raise MutransferError(f"block_size= needs text data (TokenData); {data!r} has no sequences.")
+        settings["data"] = data.with_block_size(block)
+    return settings
+
+
+def _model_keywords(axis: Any, size: int, takes_block: bool, block: Any) -> dict:
+    """The factory keywords one size sets: the width or depth, or a sequence length the model
+    takes as ``block_size`` (its position table)."""
+    if not axis.trains:
+        return {axis.key: size}
+    block = size if axis.name == "block_size" else block
+    return {"block_size": block} if block is not None and takes_block else {}
 
 
 def fit_optimum(width: int, log2_lrs: Sequence[float], losses: Sequence[float]) -> Optimum:
@@ -514,7 +604,9 @@ def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
 def _name(obj: Any) -> str:
     if isinstance(obj, str):
         return obj
-    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', type(obj).__name__)}"
+    if not hasattr(obj, "__qualname__"):  # a factory object (mutransfer.hf): its repr names its config
+        return repr(obj)
+    return f"{getattr(obj, '__module__', '?')}:{obj.__qualname__}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -552,7 +644,7 @@ def _optimum_text(o: Optimum) -> str:
 
 def _verdict_text(s: Summary, widths: Sequence[int], axis: str = "width") -> str:
     drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
-    text = f"  drift of the optimum over {axis}s {widths[0]}..{widths[-1]}: {drift} log2 units"
+    text = f"  drift of the optimum over {plural(axis)} {widths[0]}..{widths[-1]}: {drift} log2 units"
     if not math.isnan(s.regret):
         text += (
             f"\n  regret: {axis} {widths[-1]} at {axis} {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "

@@ -176,9 +176,12 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
     axes[0][0].set_ylabel("validation loss")
     axes[0][-1].legend(fontsize=8, loc="upper right")
     p = result.protocol
-    ring = "deepest at the shallowest" if result.axis == "depth" else "widest at the narrowest"
+    ring = {"depth": "deepest at the shallowest", "width": "widest at the narrowest"}.get(
+        result.axis, f"largest {result.axis} at the smallest"
+    )
+    budget = f"{p['steps']} steps, " if p["steps"] else ""
     fig.suptitle(
-        f"{p['factory'].rpartition(':')[2]} on {p['data']}: {p['steps']} steps, {p['optimizer']} "
+        f"{p['factory'].rpartition(':')[2]} on {p['data']}: {budget}{p['optimizer']} "
         f"(x: diverged; *: optimum; ring: {ring}'s optimum)",
         fontsize=10,
     )

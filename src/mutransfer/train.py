@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mutransfer.data.batches import Batches
+from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
 from mutransfer.optim import OPTIMIZERS, lookup
 from mutransfer.scaling.plan import Plan
@@ -36,11 +36,13 @@ from mutransfer.scaling.plan import plan as make_plan
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "TRAINING_AXES",
     "Axis",
     "Run",
     "axis_of",
     "build",
     "check_budget",
+    "check_device",
     "cross_entropy",
     "depth_plan",
     "evaluate",
@@ -58,7 +60,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Classification ``(B, C)`` or next-token prediction ``(B, T, V)``."""
+    """Classification ``(B, C)`` or next-token prediction ``(B, T, V)``; a Hugging Face model's
+    output (a ``ModelOutput``) is scored by its ``logits``."""
+    output = getattr(output, "logits", output)
     return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
 
 
@@ -123,27 +127,40 @@ def depth_plan(
     )
 
 
+TRAINING_AXES = ("steps", "batch_size", "block_size")
+
+
 @dataclass(frozen=True)
 class Axis:
-    """The size a coordinate check or a grid varies: a width keyword (muP), or a depth keyword
-    with the residual branches' last modules (CompleteP with exponent ``alpha``)."""
+    """The size a coordinate check or a grid varies: a width keyword (muP), a depth keyword with
+    the residual branches' last modules (CompleteP with exponent ``alpha``), or, for a grid, a
+    training axis (``steps``, ``batch_size``, ``block_size``) at one model width."""
 
     key: str = "width"
     residual: tuple[str, ...] = ()
     alpha: float = 1.0
     width_key: str = "width"
+    kind: str = "width"  # "width", "depth", or one of TRAINING_AXES
 
     @property
     def name(self) -> str:
-        return "depth" if self.residual else "width"
+        return self.kind
+
+    @property
+    def trains(self) -> bool:
+        """A training axis: the model is the same at every size; the run changes."""
+        return self.kind in TRAINING_AXES
 
     def plan(
         self, make_model: Callable[..., nn.Module], shape: Mapping[str, Any], base: int, size: int
     ) -> Plan:
-        if self.residual:
+        """The plan at ``size``; over a training axis, from the base width to the model's."""
+        if self.kind == "depth":
             return depth_plan(
                 make_model, shape, self.key, base, size, self.residual, self.alpha, self.width_key
             )
+        if self.trains:
+            return width_plan(make_model, shape, self.width_key, base, shape[self.width_key])
         return width_plan(make_model, shape, self.key, base, size)
 
 
@@ -155,13 +172,24 @@ def axis_of(
     depth_key: str = "depth",
     residual: Sequence[str] = (),
     alpha: float = 1.0,
+    training: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[Axis, list[int]]:
-    """The axis and its sorted sizes from a ``widths=`` or ``depths=`` argument (exactly one)."""
-    if bool(widths) == bool(depths):
+    """The axis and its sorted sizes from ``widths=``, ``depths=`` or one ``training`` axis
+    (``{"steps": [100, 200, 400]}``); exactly one of them."""
+    training = {k: v for k, v in (training or {}).items() if v}
+    given = [n for n, v in (("widths", widths), ("depths", depths)) if v] + list(training)
+    if len(given) != 1:
+        got = f"; got {', '.join(given)}" if given else ""
         raise MutransferError(
             "give exactly one of widths= (muP across widths) or depths= (CompleteP across depths, "
-            "with residual= patterns of each branch's last module)."
+            "with residual= patterns of each branch's last module), or, for a grid, a list of steps=, "
+            f"batch_size= or block_size= at one model width{got}."
         )
+    if training:
+        (kind, sizes), *_ = training.items()
+        if kind not in TRAINING_AXES:
+            raise MutransferError(f"training axis {kind!r} is not one of {list(TRAINING_AXES)}.")
+        return Axis(kind, width_key=width_key, kind=kind), sorted({int(s) for s in sizes})
     if depths:
         if isinstance(residual, str):
             residual = [residual]
@@ -170,8 +198,18 @@ def axis_of(
                 "depths= needs residual=, name patterns of each residual branch's last module, e.g. "
                 "residual=GPT.residual or ['blocks.*.attn.proj', 'blocks.*.fc_proj']."
             )
-        return Axis(depth_key, tuple(residual), float(alpha), width_key), sorted({int(d) for d in depths})
+        axis = Axis(depth_key, tuple(residual), float(alpha), width_key, kind="depth")
+        return axis, sorted({int(d) for d in depths})
     return Axis(width_key), sorted({int(w) for w in widths})
+
+
+def check_device(device: str | torch.device) -> None:
+    """Refuse a CUDA device that this torch cannot reach, before any work is done."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MutransferError(
+            f"device {str(device)!r}: torch {torch.__version__} sees no CUDA GPU here. Fix: --device cpu, "
+            "or install a CUDA build of torch on a machine with a GPU."
+        )
 
 
 def build(
@@ -183,7 +221,7 @@ def build(
     optimizer: OptimizerSpec = "adam",
     optimizer_family: str | None = None,
     weight_decay: float = 0.0,
-    init_law: str = "fan_in",
+    init_law: str | None = None,
     zero: Sequence[str] = (),
     init_scale: float = 1.0,
     input_mult: float = 1.0,
@@ -196,6 +234,7 @@ def build(
     The tuned multipliers (see ``role_multipliers``) need a plan to know the roles; a plan at
     the model's own shape (``width_plan`` with ``base == width``) is standard parametrization."""
     builder, family = optimizer_class(optimizer, optimizer_family)
+    check_device(device)
     torch.manual_seed(seed)
     model = make_model(**shape).to(device)
     init, lr_scale = role_multipliers(init_scale, input_mult, output_mult, family)
@@ -269,14 +308,17 @@ def train(
     schedule: str = "cosine",
     seed: int = 0,
     eval_batches: int = 16,
+    eval_batch_size: int | None = None,
     loss: LossFn = cross_entropy,
     device: str | torch.device = "cpu",
     on_step: Callable[[int, float], None] | None = None,
 ) -> Run:
     """Train for ``steps`` steps on ``data``'s train split (batch ``i`` at step ``i``) under warmup
-    and ``schedule``, then return the mean loss on ``eval_batches`` validation batches. A
-    non-finite training loss stops the run and is recorded, not raised. ``on_step(step,
-    loss)`` sees every finite training loss; it may raise to stop the run (a pruner does)."""
+    and ``schedule``, then return the mean loss on ``eval_batches`` validation batches (of
+    ``eval_batch_size``, default ``batch_size``: runs that train on different batch sizes
+    compare on the same examples when they share it). A non-finite training loss stops the run
+    and is recorded, not raised. ``on_step(step, loss)`` sees every finite training loss; it
+    may raise to stop the run (a pruner does)."""
     check_budget(steps, batch_size, eval_batches, warmup, schedule)
     start = time.perf_counter()
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -287,7 +329,7 @@ def train(
         factor = lr_factor(step, steps, warmup, schedule)
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * factor
-        x, y = (t.to(device) for t in data.batch(step, batch_size, seed=seed))
+        x, y = fetch(data, step, batch_size, seed=seed, device=device)
         value = loss(model(x), y)
         losses.append(value.item())
         if not math.isfinite(losses[-1]):
@@ -299,7 +341,9 @@ def train(
         optimizer.step()
     for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = lr
-    val = evaluate(model, data, batches=eval_batches, batch_size=batch_size, loss=loss, device=device)
+    val = evaluate(
+        model, data, batches=eval_batches, batch_size=eval_batch_size or batch_size, loss=loss, device=device
+    )
     if not math.isfinite(val):
         return _diverged(losses, every, start, f"validation loss {val} after {steps} steps")
     tail = losses[-max(1, steps // 10) :]
@@ -329,7 +373,7 @@ def evaluate(
     total = 0.0
     with torch.no_grad():
         for i in range(batches):
-            x, y = (t.to(device) for t in data.batch(i, batch_size, seed=0, split="val"))
+            x, y = fetch(data, i, batch_size, seed=0, split="val", device=device)
             total += loss(model(x), y).item()
     model.train(was_training)
     return total / batches

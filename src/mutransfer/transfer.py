@@ -11,24 +11,27 @@ cost: the proxy compute spent as a fraction of one target training run.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mutransfer.errors import MutransferError, check_format
+from mutransfer.errors import MutransferError
+from mutransfer.files import check_format, load_json, save_json
+from mutransfer.fit import EXTRAPOLATION_WARNING
 from mutransfer.scaling.plan import Plan
-from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
+from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig, resolve
 from mutransfer.sweep.space import Range
 from mutransfer.sweep.storage import redact
 from mutransfer.train import optimizer_class, role_multipliers
 
-__all__ = ["Cost", "Transfer", "load_transfer", "transfer"]
+__all__ = ["Adjustment", "Cost", "Transfer", "load_transfer", "transfer"]
 
 FORMAT_VERSION = 1
 
@@ -66,6 +69,67 @@ class Cost:
 
 
 @dataclass(frozen=True)
+class Adjustment:
+    """A training axis on which the target differs from the proxy, and the LR factor applied for
+    it: ``(target / proxy) ** exponent``. ``source`` is "given" (the config's number) or the grid
+    file it was fitted from; then ``exponent_se`` is the fit's standard error and ``outside``
+    how far the target lies beyond the sizes that grid measured (1: inside)."""
+
+    axis: str
+    proxy: int
+    target: int
+    exponent: float
+    source: str = "given"
+    exponent_se: float | None = None
+    outside: float | None = None
+
+    @property
+    def factor(self) -> float:
+        return (self.target / self.proxy) ** self.exponent
+
+    @property
+    def extrapolates(self) -> bool:
+        return self.outside is not None and self.outside > EXTRAPOLATION_WARNING
+
+    def line(self) -> str:
+        why = "given in the config" if self.source == "given" else f"fitted from {self.source}"
+        se = f" +- {self.exponent_se:.3f}" if self.exponent_se is not None else ""
+        text = (
+            f"lr x {self.factor:.3g} for {self.axis} {self.proxy} -> {self.target}: exponent "
+            f"{self.exponent:+.3f}{se}, {why}"
+        )
+        if self.outside is not None and self.outside > 1:
+            text += f"; the target is {self.outside:.3g}x beyond the measured {self.axis}"
+        if self.extrapolates:
+            text += f" (WARNING: extrapolated past {EXTRAPOLATION_WARNING:g}x the measured range)"
+        return text
+
+
+def lr_adjustments(config: SweepConfig) -> list[Adjustment]:
+    """One ``Adjustment`` per ``lr_exponents`` axis whose target differs from the proxy's."""
+    from mutransfer.fit import fit
+    from mutransfer.grid import Grid
+
+    found = []
+    for axis, spec in dict(config.lr_exponents).items():
+        proxy, target = getattr(config, axis), getattr(config, LR_AXES[axis]) or getattr(config, axis)
+        if target == proxy:
+            continue
+        if isinstance(spec, str):
+            law = fit(Grid.load(spec))
+            if law.axis != axis:
+                raise MutransferError(
+                    f"lr_exponents.{axis}: {spec} is a grid over {law.axis}, not {axis}. Fix: a grid made "
+                    f"with several --{axis.replace('_', '-')} values."
+                )
+            outside = law.predict(target).outside
+            found.append(Adjustment(axis, proxy, target, law.exponent, spec, law.exponent_se, outside))
+        else:
+            found.append(Adjustment(axis, proxy, target, float(spec)))
+    return found
+
+
+@dataclass(frozen=True)
 class Transfer:
     """The target's settings: the proxy's best values, applied through the target's plan
     (muP from the base; for standard parametrization, the identity plan at the target)."""
@@ -76,10 +140,11 @@ class Transfer:
     hparams: Mapping[str, Any]
     plan: Plan
     optimizer: str = "adam"
-    init_law: str = "fan_in"
+    init_law: str | None = None  # None: the plan's, which its factory declared
     zero: tuple[str, ...] = ()
     source: Mapping[str, Any] = field(default_factory=dict)
     cost: Cost | None = None
+    lr_adjustments: tuple[Adjustment, ...] = ()
 
     @property
     def family(self) -> str:
@@ -138,6 +203,7 @@ class Transfer:
             f"best proxy trial #{src.get('trial')}: {src.get('metric')} {src.get('value', math.nan):.4f}",
             f"hyperparameters: {values}",
         ]
+        lines += [a.line() for a in self.lr_adjustments]
         if self.cost is not None:
             lines.append(self.cost.line())
         return "\n".join(lines)
@@ -153,6 +219,7 @@ class Transfer:
             "init_law": self.init_law,
             "zero": list(self.zero),
             "source": dict(self.source),
+            "lr_adjustments": [asdict(a) for a in self.lr_adjustments],
             # FLOPs are unknown (nan) for your own training function: null in the file
             "cost": {k: _finite_or_none(v) for k, v in asdict(self.cost).items()} if self.cost else None,
             "plan": self.plan.to_dict(),
@@ -168,30 +235,26 @@ class Transfer:
             hparams=data["hparams"],
             plan=Plan.from_dict(data["plan"]),
             optimizer=data.get("optimizer", "adam"),
-            init_law=data.get("init_law", "fan_in"),
+            init_law=data.get("init_law"),
             zero=tuple(data.get("zero", ())),
             source=data.get("source", {}),
+            lr_adjustments=tuple(Adjustment(**a) for a in data.get("lr_adjustments", ())),
             cost=Cost(**{k: math.nan if v is None else v for k, v in data["cost"].items()})
             if data.get("cost")
             else None,
         )
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1, allow_nan=False, default=str)
+        save_json(path, self.to_dict(), strict=True)
 
 
 def load_transfer(path: str | os.PathLike) -> Transfer:
     """Read what ``mutransfer transfer`` wrote; applying it needs no factory and no Optuna."""
+    data = load_json(path, "transfer file", "run mutransfer transfer CONFIG first; it writes this file.")
     try:
-        with open(path) as f:
-            return Transfer.from_dict(json.load(f))
-    except FileNotFoundError:
-        raise MutransferError(
-            f"no transfer file at {str(path)!r}: run mutransfer transfer CONFIG first."
-        ) from None
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise MutransferError(f"{path} is not a transfer file ({exc!r}).") from None
+        return Transfer.from_dict(data)
+    except KeyError as exc:
+        raise MutransferError(f"{path} is not a transfer file (no {exc}).") from None
 
 
 def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Transfer:
@@ -201,6 +264,10 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
     from mutransfer.sweep.experiment import Experiment
     from mutransfer.sweep.runner import budget, open_study, status
 
+    if "://" not in config.storage_url and not Path(config.storage_url).exists():
+        raise MutransferError(  # before open_study, which would create an empty journal
+            f"no sweep results at {config.storage_url!r}. Fix: run mutransfer sweep CONFIG first."
+        )
     study = open_study(config, queue_grid=False)
     s = status(study, budget(config))
     if s.best_number is None:
@@ -221,6 +288,14 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
     fixed = {k: v for k, v in space.items() if not isinstance(v, Range | list)}
     hparams = {k: v for k, v in {**fixed, **s.best_params}.items() if k in HPARAMS or config.train}
     hparams = {k: v for k, v in hparams.items() if k not in experiment.shape_keys}
+    adjustments = lr_adjustments(config)
+    if adjustments:
+        if "lr" not in hparams:
+            raise MutransferError("lr_exponents: the sweep tuned no lr to adjust.")
+        hparams["lr"] = float(hparams["lr"]) * math.prod(a.factor for a in adjustments)
+        for a in adjustments:
+            if a.extrapolates:
+                warnings.warn(a.line(), stacklevel=2)
     target_steps = config.target_steps or config.steps
     per_step = experiment.flops_per_step(experiment.target, config.target_batch_size or config.batch_size)
     target_flops = target_steps * per_step
@@ -257,6 +332,7 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
             "base": experiment.base,
         },
         cost=cost,
+        lr_adjustments=tuple(adjustments),
     )
 
 

@@ -251,7 +251,25 @@ def test_checkpoint_resumes_in_fresh_process(gpt_plan, tmp_path):
 
 # ---- DistributedDataParallel --------------------------------------------------------------------
 
-DDP_SCRIPT = """
+# Every rank script ends in EXIT_NOW, not in the interpreter's own exit. A gloo worker thread
+# frees a finished collective (it holds the tensors, Python-owned) only after the caller's wait()
+# has returned; when the main thread is already finalizing the interpreter by then, the worker's
+# GIL request ends the thread by pthread_exit, whose unwind through a noexcept destructor calls
+# std::terminate: "terminate called without an active exception", SIGABRT (-6). A core dump of
+# one such rank showed the main thread in Py_FinalizeEx and the worker in
+# ProcessGroupGloo::runLoop -> ~AsyncAllreduceWork -> TensorImpl::decref_pyobject -> take_gil.
+# It hit about 1 run in 25 on a loaded 2-core machine. The results are on disk by then, so
+# os._exit ends the process before finalization, and the worker with it.
+EXIT_NOW = """
+    def exit_now():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+"""
+
+DDP_SCRIPT = (
+    EXIT_NOW
+    + """
     import os, sys
     import torch
     torch.set_num_threads(1)
@@ -283,10 +301,11 @@ DDP_SCRIPT = """
     dist.all_reduce(mean_losses)
     torch.save({"losses": mean_losses / world, "state": model.state_dict(),
                 "lrs": [g["lr"] for g in opt.param_groups]}, f"{d}/rank{rank}.pt")
-    del ddp  # release DDP's reducer before the group goes, or gloo may abort at exit
     dist.barrier()
     dist.destroy_process_group()
+    exit_now()
 """
+)
 
 
 def run_ranks(script: str, folder, world: int = 2) -> None:
@@ -357,7 +376,9 @@ def test_ddp_two_processes_match_single_process(mlp_plan, tmp_path):
 # segment) and named_parameters() reports the full logical shapes, so the plan finds every tensor by
 # name and shape, and its param groups hold the DTensors themselves. Measured on torch 2.13 CPU/gloo.
 
-FSDP_SCRIPT = """
+FSDP_SCRIPT = (
+    EXIT_NOW
+    + """
     import os, sys
     import torch
     torch.set_num_threads(1)
@@ -413,7 +434,9 @@ FSDP_SCRIPT = """
                 "sizes": [len(g["params"]) for g in opt.param_groups]}, f"{d}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()
+    exit_now()
 """
+)
 
 
 @pytest.mark.slow

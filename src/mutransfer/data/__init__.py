@@ -7,7 +7,7 @@ Every source is read from disk (the Python install, a pip package or a Debian pa
 is ever downloaded. Each carries a ``fingerprint`` of its contents for run records.
 """
 
-from mutransfer.data.batches import Batches, ImageData, TokenData
+from mutransfer.data.batches import Batches, ImageData, TokenData, fetch
 from mutransfer.data.images import digits, fashion_mnist, mnist_5k
 from mutransfer.data.sources import SOURCES, factory_keywords, load, load_for_training
 from mutransfer.data.text import shakespeare, stdlib
@@ -20,6 +20,7 @@ __all__ = [
     "digits",
     "factory_keywords",
     "fashion_mnist",
+    "fetch",
     "load",
     "load_for_training",
     "mnist_5k",

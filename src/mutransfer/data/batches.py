@@ -18,7 +18,7 @@ import torch
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["SPLITS", "Batches", "ImageData", "TokenData", "digest"]
+__all__ = ["SPLITS", "Batches", "ImageData", "TokenData", "digest", "fetch"]
 
 SPLITS = ("train", "val")
 
@@ -33,6 +33,41 @@ class Batches(Protocol):
     def batch(
         self, index: int, batch_size: int, *, seed: int = 0, split: str = "train"
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def fetch(
+    data: Batches,
+    index: int,
+    batch_size: int,
+    *,
+    seed: int,
+    split: str | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data.batch(...)`` on ``device``, checked: an empty batch (a user's source with nothing
+    in it) would train on a loss of nan over no examples, silently. ``split=None`` leaves the
+    source's default (the training split)."""
+    kwargs = {"seed": seed} if split is None else {"seed": seed, "split": split}
+    got = data.batch(index, batch_size, **kwargs)
+    if not (
+        isinstance(got, tuple | list) and len(got) == 2 and all(isinstance(t, torch.Tensor) for t in got)
+    ):
+        raise MutransferError(
+            f"data: {_name(data)}.batch() must return (inputs, targets), two tensors; "
+            f"got {type(got).__name__}."
+        )
+    x, y = got
+    if x.shape[0] == 0 or y.shape[0] == 0 or x.numel() == 0:
+        raise MutransferError(
+            f"data: batch {index} of {_name(data)} ({split or 'train'} split) is empty: inputs "
+            f"{tuple(x.shape)}, targets {tuple(y.shape)}. Fix: a source must return batch_size "
+            "examples for every index; check that it found its files."
+        )
+    return x.to(device), y.to(device)
+
+
+def _name(data: Batches) -> str:
+    return getattr(data, "name", None) or type(data).__name__
 
 
 def digest(*parts: bytes | str) -> str:

@@ -54,13 +54,15 @@ def factory_keywords(data: Batches, make_model: Callable[..., Any]) -> dict[str,
     limited to those ``make_model`` accepts, so a config need not repeat them."""
     if isinstance(data, TokenData):
         implied = {"block_size": data.block_size, "vocab_size": data.vocab_size}
-    else:
+    else:  # ImageData, or a source of your own that may say none of these
+        classes = getattr(data, "num_classes", None)
         implied = {
-            "in_features": data.in_features,
-            "in_channels": data.in_channels,
-            "out_features": data.num_classes,
-            "num_classes": data.num_classes,
+            "in_features": getattr(data, "in_features", None),
+            "in_channels": getattr(data, "in_channels", None),
+            "out_features": classes,
+            "num_classes": classes,
         }
+        implied = {k: v for k, v in implied.items() if v is not None}
     try:
         accepted = inspect.signature(make_model).parameters
     except (TypeError, ValueError):  # no signature to read: the user sets everything

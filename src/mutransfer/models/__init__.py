@@ -2,6 +2,7 @@
 
 from mutransfer.models.cnn import ResNet
 from mutransfer.models.gpt import GPT
+from mutransfer.models.llama import Llama
 from mutransfer.models.mlp import MLP
 
-__all__ = ["GPT", "MLP", "ResNet"]
+__all__ = ["GPT", "MLP", "Llama", "ResNet"]

@@ -25,13 +25,13 @@ from typing import Any
 from torch import nn
 
 from mutransfer.errors import MutransferError
-from mutransfer.scaling.roles import canonical_name
+from mutransfer.scaling.roles import canonical_name, is_conv1d
 from mutransfer.scaling.rules import ALPHA_RANGE
 
 __all__ = ["Depth", "check_depth_arguments", "find_depth"]
 
 _NUMBER = re.compile(r"\d+")
-_ABSORBING = (nn.Linear, nn.modules.conv._ConvNd)
+_ABSORBING = (nn.Linear, nn.modules.conv._ConvNd)  # and transformers' Conv1D (GPT-2)
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def find_depth(
                     f"residual pattern {pattern!r} matches {name!r}, which is not inside a block repeated "
                     f"with {key!r}. Fix: name modules inside the blocks, like {_examples(modules, blocks)}."
                 )
-            if isinstance(modules[name], _ABSORBING):
+            if isinstance(modules[name], _ABSORBING) or is_conv1d(modules[name]):
                 branch_ends += [n for n in own if n not in branch_ends]
             elif name not in hooked:
                 hooked.append(name)

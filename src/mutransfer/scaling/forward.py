@@ -40,13 +40,16 @@ def attention_scale(d_head: int, base_d_head: int) -> float:
 
 
 class AttentionLogits(nn.Module):
-    """Hook point for the pre-softmax attention logits ``scale * q @ k^T``, shape (B, heads, T, T).
+    """Hook point for the pre-softmax attention logits ``scale * q @ k^T``, shape (B, heads, T, T);
+    keys may have fewer heads than queries (grouped-query attention).
 
     ``observe`` computes them only while a forward hook is registered on this module (the
     coordinate check registers one), so training keeps the fused SDPA path and pays nothing.
     """
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+        if k.shape[-3] != q.shape[-3]:  # grouped-query attention: a key head serves a group of query heads
+            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
         return (q @ k.transpose(-2, -1)) * scale
 
     def observe(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:

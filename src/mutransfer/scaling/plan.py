@@ -26,7 +26,6 @@ the factory.
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,7 +35,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mutransfer.errors import MutransferError, check_format
+from mutransfer.errors import MutransferError, check_number
+from mutransfer.files import check_format, load_json, save_json
 from mutransfer.scaling.depth import Depth, check_depth_arguments, find_depth
 from mutransfer.scaling.forward import ScaleInput, ScaleOutput, plan_hooks
 from mutransfer.scaling.roles import (
@@ -69,7 +69,9 @@ class Plan:
     ``width_multiplier`` is target width over base width; ``params`` holds one record per
     tensor (tied tensors once, with aliases); ``tied_readouts`` names the modules whose input
     is scaled by ``1/width_multiplier`` because their weight is also the input embedding;
-    ``depth`` (None for width only) says how the residual blocks scale.
+    ``depth`` (None for width only) says how the residual blocks scale; ``init_law`` how the
+    factory's own init scales with width (its ``init_law`` attribute, default ``"fan_in"``),
+    which ``init_`` corrects unless told otherwise.
     """
 
     width_multiplier: float
@@ -78,6 +80,7 @@ class Plan:
     target: Mapping[str, Any] = field(default_factory=dict)
     tied_readouts: tuple[str, ...] = ()
     depth: Depth | None = None
+    init_law: InitLaw = "fan_in"
 
     # ---- reading -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> ParamRole:
@@ -114,14 +117,15 @@ class Plan:
         self,
         model: nn.Module,
         *,
-        init_law: InitLaw = "fan_in",
+        init_law: InitLaw | None = None,
         zero: Sequence[str] = (),
         scale: Mapping[str, float] | None = None,
     ) -> nn.Module:
         """Rescale a freshly initialised target model to muP init, then ``attach_`` it.
 
         Your code's init is taken as the standard parametrization at the target shape;
-        ``init_law`` says how that init scales with width, so the plan can correct it:
+        ``init_law`` (default: the plan's, which the factory declares) says how that init
+        scales with width, so the plan can correct it:
 
         - ``"fan_in"`` (PyTorch's Linear/Conv default, std ~ 1/sqrt(fan_in)): hidden tensors are
           already right; readouts are multiplied by ``1/sqrt(m_in)``.
@@ -138,8 +142,7 @@ class Plan:
         would be scaled twice). Call it once, on a fresh model, never after loading a
         checkpoint (a second call is an error).
         """
-        if init_law not in ("fan_in", "constant"):
-            raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
+        init_law = check_init_law(init_law or self.init_law)
         role_scale = _role_factors(scale, "scale")
         tensors = self._tensors(model)
         root = unwrap(model)
@@ -218,6 +221,9 @@ class Plan:
         the two sets, or let ``Plan.optimizer(model, "muon", ...)`` do it. With depth, a branch
         end's absorbed multiplier also divides its weight decay, so absorbing changes nothing.
         """
+        lr, weight_decay, eps = (
+            check_number(v, k) for k, v in (("lr", lr), ("weight_decay", weight_decay), ("eps", eps))
+        )
         role_lr = _role_factors(lr_scale, "lr_scale")
         tensors = self._tensors(model)
         grouped: dict[tuple, dict[str, Any]] = {}
@@ -330,6 +336,7 @@ class Plan:
             "target": dict(self.target),
             "tied_readouts": list(self.tied_readouts),
             "depth": None if self.depth is None else self.depth.to_dict(),
+            "init_law": self.init_law,
             "params": [
                 {
                     "name": p.name,
@@ -368,12 +375,12 @@ class Plan:
             target=dict(data.get("target", {})),
             tied_readouts=tuple(data.get("tied_readouts", ())),
             depth=Depth.from_dict(data["depth"]) if data.get("depth") else None,
+            init_law=data.get("init_law", "fan_in"),
         )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON, e.g. beside a checkpoint."""
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        save_json(path, self.to_dict())
 
     # ---- internals -----------------------------------------------------------------------
     def _depth_scales(self) -> bool:
@@ -440,7 +447,7 @@ def plan(
             probe = _default_probe(base)
         layouts = [parameter_layout(model_on_meta(make_model, s)) for s in (base, target)]
         probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
-        return _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
+        return _build(layouts[0], layouts[1], probe_layout, overrides, base, target, init_law_of(make_model))
 
     check_depth_arguments(depth, base, target, alpha)
     wide_base = {**base, depth: target[depth]}  # width roles compare two models of the target's depth
@@ -456,7 +463,7 @@ def plan(
     )
     layouts = [parameter_layout(model_on_meta(make_model, wide_base)), parameter_layout(deep)]
     probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
-    built = _build(layouts[0], layouts[1], probe_layout, overrides, base, target)
+    built = _build(layouts[0], layouts[1], probe_layout, overrides, base, target, init_law_of(make_model))
     return replace(built, depth=found)
 
 
@@ -507,11 +514,28 @@ def _default_probe(base: dict[str, Any], exclude: str | None = None) -> dict[str
 
 def load_plan(path: str | os.PathLike) -> Plan:
     """Read a plan written by ``Plan.save``; no factory needed."""
-    with open(path) as f:
-        return Plan.from_dict(json.load(f))
+    data = load_json(path, "plan file", "pass the path Plan.save wrote, or save the plan again.")
+    try:
+        return Plan.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, MutransferError):
+            raise
+        raise MutransferError(f"{path} is not a plan file ({exc!r}). Fix: save the plan again.") from None
 
 
-def _build(base, target, probe, overrides, base_shape, target_shape) -> Plan:
+def init_law_of(make_model: Callable[..., nn.Module]) -> InitLaw:
+    """How a factory's init scales with width: its ``init_law`` attribute, else ``"fan_in"``
+    (PyTorch's own layers). ``mutransfer.hf`` factories say ``"constant"``."""
+    return check_init_law(getattr(make_model, "init_law", "fan_in"))
+
+
+def check_init_law(init_law: Any) -> InitLaw:
+    if init_law not in ("fan_in", "constant"):
+        raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
+    return init_law
+
+
+def _build(base, target, probe, overrides, base_shape, target_shape, init_law="fan_in") -> Plan:
     m, params = infer_roles(base, target, probe, _parse_overrides(overrides, list(base)))
     # at base shape the readout multiplier is 1: no hook, nothing changes
     tied = tied_readouts(base, target, params) if m != 1.0 else []
@@ -521,6 +545,7 @@ def _build(base, target, probe, overrides, base_shape, target_shape) -> Plan:
         base=base_shape,
         target=target_shape,
         tied_readouts=tuple(tied),
+        init_law=init_law,
     )
 
 

@@ -15,6 +15,7 @@ Shapes come from the factory run on the meta device: no memory, no compute.
 from __future__ import annotations
 
 import enum
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "Role",
     "canonical_name",
     "infer_roles",
+    "is_conv1d",
     "model_on_meta",
     "parameter_layout",
     "tied_readouts",
@@ -106,8 +108,17 @@ def model_on_meta(make_model: Callable[..., nn.Module], shape: Mapping[str, obje
     return model
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2's ``transformers`` Conv1D: a linear layer whose weight is stored (in, out). Checked
+    without importing transformers: a model holding one has imported it already."""
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    return pytorch_utils is not None and isinstance(module, pytorch_utils.Conv1D)
+
+
 def _use_of(module: nn.Module, local: str, name: str, ndim: int) -> _Use:
     layer = type(module).__name__
+    if is_conv1d(module) and local == "weight":
+        return _Use(name, layer, 1, 0, True)  # (in, out)
     if isinstance(module, nn.Embedding | nn.EmbeddingBag) and local == "weight":
         return _Use(name, layer, 1, 0, True)  # (num_embeddings=in, embedding_dim=out)
     if isinstance(module, nn.modules.conv._ConvNd) and local == "weight":

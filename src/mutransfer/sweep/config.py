@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -49,6 +50,7 @@ HPARAMS = {
     "warmup": "fraction of the steps with linear warmup",
 }
 METRICS = ("val_loss", "train_loss")
+LR_AXES = {"steps": "target_steps", "batch_size": "target_batch_size"}  # axis -> the target's field
 PARAMETRIZATIONS = ("mup", "sp")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("halving", "none")
@@ -97,8 +99,9 @@ class SweepConfig:
     optimizer: str = "adam"
     schedule: str = "cosine"
     eval_batches: int = 16
-    init_law: str = "fan_in"
-    """How the factory's own init scales with width: ``fan_in`` (PyTorch default) or ``constant``."""
+    init_law: str | None = None
+    """How the factory's own init scales with width: ``fan_in`` (PyTorch default) or ``constant``;
+    default: what the factory declares (its ``init_law`` attribute), else ``fan_in``."""
     zero: tuple[str, ...] = ()
     """Parameter name patterns initialised to zero (e.g. the readout)."""
     depth: str | None = None
@@ -134,6 +137,12 @@ class SweepConfig:
     """Steps of one target training run, for the cost report (default: ``steps``)."""
     target_batch_size: int | None = None
     """Batch size of the target run, for the cost report (default: ``batch_size``)."""
+    lr_exponents: Mapping[str, float | str] = field(default_factory=dict)
+    """How the best LR moves when the target trains longer (``steps``) or on larger batches
+    (``batch_size``) than the proxy: an exponent ``e`` (the LR is multiplied by
+    ``(target / proxy) ** e``), or a grid file over that axis to fit ``e`` from (see
+    ``mutransfer fit``). muP says nothing of these axes; without an entry the LR is carried
+    unchanged."""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -160,7 +169,7 @@ class SweepConfig:
             ("schedule", SCHEDULES),
             ("sampler", SAMPLERS),
             ("pruner", PRUNERS),
-            ("init_law", ("fan_in", "constant")),
+            ("init_law", (None, "fan_in", "constant")),
         ):
             if getattr(self, key) not in choices:
                 found.append(f"{key}: {getattr(self, key)!r} is not one of {list(choices)}")
@@ -172,6 +181,13 @@ class SweepConfig:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 found.append(f"{key}: must be an int >= 1, got {value!r}")
+        for axis, value in dict(self.lr_exponents).items():
+            if axis not in LR_AXES:
+                found.append(f"lr_exponents.{axis}: not one of {list(LR_AXES)}")
+            elif isinstance(value, bool) or not (
+                isinstance(value, str) or (isinstance(value, int | float) and math.isfinite(value))
+            ):
+                found.append(f"lr_exponents.{axis}: an exponent or a grid file path, got {value!r}")
         if self.depth is not None and not self.residual:
             found.append(
                 'residual: depth needs the residual branches, e.g. residual = ["blocks.*.attn.proj"]'

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from mutransfer.data import TokenData, factory_keywords, load_for_training
+from mutransfer.data import TokenData, factory_keywords, fetch, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.plan import plan as make_plan
@@ -214,7 +214,7 @@ def _count_flops(
     if data is None:
         return math.nan
     model = model_on_meta(make_model, shape)
-    x, y = (t.to("meta") for t in data.batch(0, batch_size, seed=0))
+    x, y = fetch(data, 0, batch_size, seed=0, device="meta")
     try:
         with FlopCounterMode(display=False) as counter:
             cross_entropy(model(x), y).backward()

@@ -27,8 +27,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.errors import MutransferError
-from mutransfer.sweep.config import SweepConfig
+from mutransfer.scaling.plan import init_law_of
+from mutransfer.sweep.config import SweepConfig, resolve
 from mutransfer.sweep.experiment import Experiment
 from mutransfer.sweep.space import Range, grid_points, suggest
 from mutransfer.sweep.storage import open_storage, reap_dead_workers, redact, requeue, worker_identity
@@ -212,6 +214,8 @@ def run_worker(config: SweepConfig, *, progress: Progress | None = None, paralle
         trial.set_user_attr("worker", worker_identity())
         if config.sampler == "grid":
             _check_grid_trial(study, trial)
+        else:
+            _claim_budget(study, trial, total)
         params = suggest(trial, config.space)
         shape = experiment.shape_of(params)
         trial.set_user_attr("shape", _shape_key(shape))
@@ -363,7 +367,8 @@ def _worker_main(config: SweepConfig, threads: int) -> None:
 
     torch.set_num_threads(threads)
     try:
-        run_worker(config, parallel=True)
+        with ctrl_c_raises_interrupted():
+            run_worker(config, parallel=True)
     except KeyboardInterrupt:
         sys.exit(130)
     except MutransferError as exc:
@@ -400,6 +405,28 @@ def _check_grid_trial(study: Any, trial: Any) -> None:
         return
     trial.set_user_attr("stray", reason)
     raise _NotRun(reason, stop)
+
+
+def _claim_budget(study: Any, trial: Any, total: int) -> None:
+    """Let a new trial train only if it holds one of the budget's ``total`` slots.
+
+    A slot is a trial that is neither a retry (``failed_trial``: it takes over the slot of the
+    trial it replaces) nor a stray. The storage numbers trials in the order they were asked
+    for, atomically, so counting the slots taken before this trial is one step with the ask:
+    workers that all passed the budget check at once cannot overshoot it (they used to, by up
+    to workers - 1 trials)."""
+    trials = study.get_trials(deepcopy=False)
+    if trials[trial.number].system_attrs.get("failed_trial") is not None:
+        return
+    taken = sum(
+        1
+        for t in trials[: trial.number]
+        if t.system_attrs.get("failed_trial") is None and not t.user_attrs.get("stray")
+    )
+    if taken >= total:
+        reason = f"the budget of {total} trials was taken by other workers while this one asked"
+        trial.set_user_attr("stray", reason)
+        raise _NotRun(reason, stop=False)  # wait: a running trial may yet be lost and re-queued
 
 
 def _record(trial: Any, steps: int, seconds: float, flops: float, diverged: str = "", extra=None) -> None:
@@ -462,6 +489,7 @@ def _check_protocol(study: Any, config: SweepConfig) -> None:
 def _protocol(config: SweepConfig) -> dict[str, Any]:
     """The config's protocol fields as plain JSON data."""
     values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
+    values["init_law"] = config.init_law or init_law_of(resolve(config.factory, "factory"))
     if config.sp_shape:  # only then, so studies saved before the field existed still resume
         values["sp_shape"] = config.sp_shape
     return json.loads(json.dumps(values, default=_plain))

@@ -104,6 +104,11 @@ def parse_space(raw: Mapping[str, Any]) -> tuple[dict[str, Range | list[Value] |
             problems.append(f"space.{key}: expected a range, a list of choices or a value, got {spec!r}")
         if isinstance(space.get(key), Range):
             problems += space[key].problems(key)
+        elif key in space:
+            values = space[key] if isinstance(space[key], list) else [space[key]]
+            bad = [v for v in values if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                problems.append(f"space.{key}: {bad[0]} is not a finite number")
     return space, problems
 
 

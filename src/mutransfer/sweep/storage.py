@@ -1,6 +1,7 @@
 """Where a sweep's trials live, and how a dead worker's trial gets back in the queue.
 
-- A journal file (the default): no server, one machine, any number of local workers. It has
+- A journal file (the default): no server, one machine, any number of local workers. Writes
+  are serialised by ``flock`` on the file, which dies with its holder (``JournalLock``). It has
   no heartbeat, so each trial records its worker's host, pid and process start time, and any
   worker on that host fails and re-queues the trials of a process that no longer exists.
 - PostgreSQL (``postgresql://user:password@host/db``): many machines. Optuna sends a heartbeat
@@ -15,6 +16,7 @@ every trial is accounted for and none is run twice to completion.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import warnings
@@ -23,7 +25,12 @@ from typing import Any
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["open_storage", "reap_dead_workers", "redact", "requeue", "worker_identity"]
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+__all__ = ["JournalLock", "open_storage", "reap_dead_workers", "redact", "requeue", "worker_identity"]
 
 
 def open_storage(url: str, heartbeat: int = 10) -> Any:
@@ -35,7 +42,11 @@ def open_storage(url: str, heartbeat: int = 10) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        lock = JournalLock(str(path)) if fcntl is not None else None  # None: Optuna's own lock file
+        try:
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+        except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise MutransferError(_damaged_journal(path, exc)) from None
     scheme = url.split("://", 1)[0]
     if not scheme.startswith("postgresql"):
         raise MutransferError(
@@ -57,6 +68,55 @@ def open_storage(url: str, heartbeat: int = 10) -> Any:
                 f"storage: cannot open {redact(url)}: {str(exc).splitlines()[0]}. Is the server running "
                 "and the database created?"
             ) from None
+
+
+class JournalLock:
+    """The journal's write lock, as ``flock(2)`` on the journal file itself.
+
+    The kernel drops it when its holder dies, so a worker SIGKILLed while appending stalls no
+    one. Optuna's default lock is a lock *file*, which a dead holder leaves behind: every other
+    worker then waited 30 s (its grace period) before breaking it. Optuna calls ``acquire`` and
+    ``release`` only (its ``BaseJournalFileLock`` protocol); writers of one journal must all use
+    this lock, so do not mix mutransfer versions on one study.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self._path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # blocks; Ctrl-C while waiting lands below
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+
+def _damaged_journal(path: Path, exc: Exception) -> str:
+    """What is wrong with a journal Optuna could not replay, and the way out."""
+    line = None
+    with open(path, "rb") as f:
+        for number, text in enumerate(f, start=1):
+            try:
+                json.loads(text)
+            except ValueError:
+                line = number
+                break
+    where = f"line {line} is not a journal record" if line else f"its records do not replay ({exc!r})"
+    return (
+        f"storage: the journal {str(path)!r} is damaged: {where}. Nothing was written to it. Fix: keep "
+        "a copy, then restore it from a backup, or start a new study (another --storage or --study). "
+        "Records are written whole under a lock: the damage came from outside (an edit, a copy cut "
+        "short, a full disk)."
+    )
 
 
 def _with_driver(url: str) -> str:

@@ -1,0 +1,56 @@
+"""The files this library saves (plans, transfers, grids, coordinate checks, demo results):
+JSON written atomically, read back with errors that name the file and the fix.
+
+A run that fails or is killed while saving leaves the previous file whole, and reading a
+damaged file never changes it: nothing a user saved is lost to a failing run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from mutransfer.errors import MutransferError
+
+__all__ = ["check_format", "load_json", "save_json"]
+
+
+def save_json(path: str | os.PathLike, data: Mapping[str, Any], *, strict: bool = False) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``.
+    ``strict`` refuses nan and inf (the file stays standard JSON)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1, allow_nan=not strict, default=str if strict else None)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_json(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
+    """Read a JSON object this library saved, naming the file and the fix when it is missing
+    or damaged."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise MutransferError(f"no {what} at {os.fspath(path)!r}. Fix: {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MutransferError(
+            f"{os.fspath(path)!r} is not a readable {what} ({exc}); it was left as it is. Fix: {fix}"
+        ) from None
+    if not isinstance(data, dict):
+        raise MutransferError(
+            f"{os.fspath(path)!r} holds a JSON {type(data).__name__}, not a {what}. Fix: {fix}"
+        )
+    return data
+
+
+def check_format(data: Mapping[str, Any], supported: Collection[int], what: str, fix: str) -> None:
+    """Refuse a file saved in a format this version cannot read, naming the fix."""
+    if data.get("format") not in supported:
+        raise MutransferError(
+            f"{what} format {data.get('format')!r} is not supported (expected {max(supported)}). Fix: {fix}"
+        )

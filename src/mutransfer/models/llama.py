@@ -1,0 +1,115 @@
+"""A LLaMA-style decoder: RMSNorm, SwiGLU, rotary positions, grouped-query attention, no biases."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mutransfer.scaling.forward import AttentionLogits, attention_scale
+
+
+def rotary(d_head: int, block_size: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoPE's angles, each (block_size, d_head // 2)."""
+    freqs = theta ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)
+    angles = torch.outer(torch.arange(block_size, dtype=torch.float32), freqs)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of x (B, heads, T, d_head) by the position's angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class _Attention(nn.Module):
+    def __init__(self, width: int, n_head: int, n_kv_head: int, scale: float):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.d_head, self.scale = n_head, n_kv_head, width // n_head, scale
+        self.q = nn.Linear(width, width, bias=False)
+        self.kv = nn.Linear(width, 2 * n_kv_head * self.d_head, bias=False)  # keys and values of the kv heads
+        self.proj = nn.Linear(width, width, bias=False)
+        self.logits = AttentionLogits()  # hook point for the coordinate check
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hd)
+        k, v = self.kv(x).view(B, T, 2 * self.n_kv_head, self.d_head).transpose(1, 2).chunk(2, dim=1)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # k, v: (B, n_kv, T, hd)
+        self.logits.observe(q, k, self.scale)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, n_head: int, n_kv_head: int, hidden: int, scale: float):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(width)
+        self.attn = _Attention(width, n_head, n_kv_head, scale)
+        self.mlp_norm = nn.RMSNorm(width)
+        self.gate = nn.Linear(width, hidden, bias=False)
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        h = self.mlp_norm(x)
+        return x + self.down(F.silu(self.gate(h)) * self.up(h))  # SwiGLU
+
+
+class Llama(nn.Module):
+    """Token embedding, ``depth`` pre-norm blocks (RMSNorm; attention with rotary positions and
+    ``n_kv_head`` key/value heads shared by ``n_head`` query heads; SwiGLU MLP), final RMSNorm,
+    readout. No biases, no position embedding table.
+
+    The head counts are fixed, so the head size grows with ``width``; ``base_d_head`` selects
+    muP's ``1/d_head`` attention scale, as in ``GPT``. The SwiGLU hidden size is
+    ``hidden_mult * width``: LLaMA's 8/3 rounded up to a whole multiple, because muP needs every
+    growing dimension to grow by the same factor as the width.
+    """
+
+    residual = ("blocks.*.attn.proj", "blocks.*.down")  # each residual branch's last layer
+
+    def __init__(
+        self,
+        width: int = 128,
+        depth: int = 2,
+        n_head: int = 4,
+        n_kv_head: int = 2,
+        hidden_mult: int = 3,
+        vocab_size: int = 256,
+        block_size: int = 128,
+        tie_embeddings: bool = False,
+        base_d_head: int | None = None,
+    ):
+        super().__init__()
+        if width % n_head or n_head % n_kv_head or (width // n_head) % 2:
+            raise ValueError(
+                f"width {width} must split into n_head {n_head} heads of even size, "
+                f"and n_head into groups of n_kv_head {n_kv_head}"
+            )
+        d_head = width // n_head
+        scale = attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head)
+        self.block_size = block_size
+        self.embed = nn.Embedding(vocab_size, width)
+        self.blocks = nn.ModuleList(
+            _Block(width, n_head, n_kv_head, hidden_mult * width, scale) for _ in range(depth)
+        )
+        self.norm = nn.RMSNorm(width)
+        self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)  # as GPT: a unit-std embedding swamps the stream
+        if tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rotary(d_head, block_size)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        cos, sin = self.cos[:T], self.sin[:T]
+        x = self.embed(idx)  # (B, T, width)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.lm_head(self.norm(x))  # (B, T, vocab)
