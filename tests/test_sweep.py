@@ -32,9 +32,20 @@ def write_toml(path: Path, text: str) -> Path:
     return path
 
 
+def sigint_default() -> None:
+    """For a child that must feel Ctrl-C: a suite started in the background (``cmd &``) has
+    SIGINT ignored, and a child inherits that; a terminal gives it the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mutransfer", *args], capture_output=True, text=True, timeout=300, **kwargs
+        [sys.executable, "-m", "mutransfer", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=sigint_default,
+        **kwargs,
     )
 
 
@@ -389,6 +400,7 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(tmp_path):
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        preexec_fn=sigint_default,
     )
     _wait_for_running(config)
     proc.send_signal(signal.SIGINT)
