@@ -248,50 +248,29 @@ def run(stem: str, out: Path, device: str, settings: dict, parametrizations=("sp
     return result
 
 
-def depth_row(model: str, stem: str, out: Path, device: str, settings: dict, t0: float) -> dict:
-    """Standard vs CompleteP from the shallowest depth (where the two are one model)."""
-    result = run(stem, out, device, settings)
-    sp, complete = result.summary("sp"), result.summary("mup")
-    checks = verdicts(sp, complete)
-    for target, v in checks.items():
-        verdict = "met" if v["met"] else "MISSED"
-        print(f"  {target.replace('mup', 'completep')}: {v['measured']:+.3f} ({verdict})")
-    summary = result.to_dict()["summary"]
-    return {
-        "model": model,
-        "data": settings["data"].name,
-        "axis": "depth",
-        "sizes": settings["depths"],
-        "width": settings["shape"]["width"],
-        "log2_lrs": [math.log2(lr) for lr in settings["lrs"]],
-        "steps": settings["steps"],
-        "batch_size": settings["batch_size"],
-        "seeds": settings.get("seeds", 1),
-        "seconds_this_run": round(time.monotonic() - t0, 1),
-        "summaries": {"standard": summary["sp"], f"CompleteP (base {settings['depths'][0]})": summary["mup"]},
-        "targets": _recorded(checks),
-        "grids": [f"{stem}.json"],
-        "plots": [f"{stem}.png"],
-    }
-
-
-def width_row(model: str, stem: str, out: Path, device: str, settings: dict, t0: float) -> dict:
-    """Standard vs muP from the narrowest width, without the wide-base comparison."""
+def two_way_row(model: str, stem: str, out: Path, device: str, settings: dict, t0: float) -> dict:
+    """Standard vs muP (CompleteP over depth) from the smallest size, where the two are one model;
+    no wide-base comparison."""
+    axis = "depth" if "depths" in settings else "width"
+    sizes = settings[f"{axis}s"]
+    label = "CompleteP" if axis == "depth" else "muP"
     result = run(stem, out, device, settings)
     checks = verdicts(result.summary("sp"), result.summary("mup"))
     for target, v in checks.items():
-        print(f"  {target}: {v['measured']:+.3f} ({'met' if v['met'] else 'MISSED'})")
+        verdict = "met" if v["met"] else "MISSED"
+        print(f"  {target.replace('mup', label.lower())}: {v['measured']:+.3f} ({verdict})")
     summary = result.to_dict()["summary"]
     return {
         "model": model,
         "data": settings["data"].name,
-        "sizes": settings["widths"],
+        **({"axis": "depth", "width": settings["shape"]["width"]} if axis == "depth" else {}),
+        "sizes": sizes,
         "log2_lrs": [math.log2(lr) for lr in settings["lrs"]],
         "steps": settings["steps"],
         "batch_size": settings["batch_size"],
         "seeds": settings.get("seeds", 1),
         "seconds_this_run": round(time.monotonic() - t0, 1),
-        "summaries": {"standard": summary["sp"], f"muP (base {settings['widths'][0]})": summary["mup"]},
+        "summaries": {"standard": summary["sp"], f"{label} (base {sizes[0]})": summary["mup"]},
         "targets": _recorded(checks),
         "grids": [f"{stem}.json"],
         "plots": [f"{stem}.png"],
@@ -370,13 +349,10 @@ def main() -> None:
         print(f"{model}: {data.describe()}", file=sys.stderr)
         stem = f"transfer-{model}{'-quick' if args.quick else ''}"
         t0 = time.monotonic()
-        if "depths" in settings:
-            rows.append(depth_row(model, stem, out, args.device, settings, t0))
+        if "depths" in settings or not settings.pop("wide_base", True):
+            rows.append(two_way_row(model, stem, out, args.device, settings, t0))
             continue
         widths = settings["widths"]
-        if not settings.pop("wide_base", True):
-            rows.append(width_row(model, stem, out, args.device, settings, t0))
-            continue
         # standard vs muP from the narrowest width (where the two are one model), and muP from the
         # widest: the base width fixes the per-layer LR ratios, which muP carries to every width
         main_grid = run(stem, out, args.device, settings)

@@ -7,7 +7,6 @@ import math
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +18,7 @@ from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig, sweep
 from mutransfer.sweep.config import ConfigError
 from mutransfer.transfer import transfer
+from quick_benchmarks import run_quick
 from sweep_helpers import mlp_config
 
 SIZES = [100, 200, 400, 800]
@@ -193,12 +193,7 @@ def test_lr_exponents_are_checked_with_the_config():
 
 
 def test_the_axes_benchmark_runs_in_quick_mode(tmp_path):
-    script = Path(__file__).parents[1] / "benchmarks" / "axes.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    record = json.loads((tmp_path / "axes-quick.json").read_text())
+    record, _ = run_quick("axes", tmp_path)
     assert [a["axis"] for a in record["axes"]] == ["steps", "batch_size"]
     for a in record["axes"]:
         assert {"reuse", "fitted", "fit", "held_out_best"} <= set(a)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from mutransfer.cli import main
 from mutransfer.data import digits, stdlib
 from mutransfer.grid import Grid, fit_optimum
 from mutransfer.models import GPT, MLP
+from quick_benchmarks import run_quick
 
 SHAPE = {"in_features": 64}
 LRS = [2.0**k for k in range(-10, -3)]
@@ -214,12 +213,7 @@ def test_grid_command_prints_table_writes_json_and_plot(tmp_path, capsys):
 
 
 def test_benchmark_quick_mode_runs(tmp_path):
-    script = Path(__file__).parents[1] / "benchmarks" / "transfer.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    record = json.loads((tmp_path / "transfer-quick.json").read_text())
+    record, printed = run_quick("transfer", tmp_path)
     assert [m["model"] for m in record["models"]] == ["mlp", "gpt", "gpt-depth"]
     for m in record["models"]:
         assert all((tmp_path / plot).exists() for plot in m["plots"])
@@ -230,7 +224,7 @@ def test_benchmark_quick_mode_runs(tmp_path):
             else ["standard", f"muP (base {sizes[0]})", f"muP (base {sizes[-1]})"]
         )
         assert set(m["targets"]) == {"mup_drift", "sp_drift", "mup_regret", "mup_best_vs_sp_best"}
-    assert "| mlp | digits |" in done.stdout
+    assert "| mlp | digits |" in printed
 
 
 def test_a_model_that_does_not_fit_the_data_gets_a_clear_error(tmp_path):

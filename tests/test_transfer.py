@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +13,8 @@ from mutransfer.cli import main
 from mutransfer.errors import MutransferError
 from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig, open_study, status
+from quick_benchmarks import run_quick
 from sweep_helpers import gpt_config, mlp_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -172,22 +169,7 @@ def test_sweep_and_transfer_commands(tmp_path, capsys, monkeypatch):
 
 
 def test_pruning_benchmark_quick(tmp_path):
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "pruning.py"),
-            "--quick",
-            "--orders",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    record = json.loads((tmp_path / "pruning-quick.json").read_text())
+    record, printed = run_quick("pruning", tmp_path, "--orders", "1")
     assert [(r["reduction"], r["rungs"]) for r in record["halving"]] == [
         (2, 1),
         (3, 1),
@@ -198,18 +180,11 @@ def test_pruning_benchmark_quick(tmp_path):
     ]
     for r in record["halving"]:
         assert 0 < r["flops_fraction"] < 1 and r["pruned_trials"] > 0
-    assert "best log2 LR per width, full grid" in done.stdout
+    assert "best log2 LR per width, full grid" in printed
 
 
 def test_sweep_transfer_benchmark_quick(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "sweep_transfer.py"), "--quick", "--out", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = json.loads((tmp_path / "sweep_transfer-quick.json").read_text())["rows"]
+    rows = run_quick("sweep_transfer", tmp_path)[0]["rows"]
     assert [r["method"] for r in rows] == [
         "muP, tuned multipliers",
         "muP, LR only",
