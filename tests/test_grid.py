@@ -256,3 +256,19 @@ def test_more_seeds_reuse_seed_zero_and_drop_a_stale_transfer_run(data, small, t
     for name in two.parametrizations:  # transfer runs only at the two-seed optimum, for both seeds
         lrs = {c.lr for c in two.cells if c.transfer and c.parametrization == name}
         assert lrs <= {2.0 ** two.summary(name).transfer_log2_lr}
+
+
+def test_the_data_sets_the_vocabulary_a_factory_leaves_at_its_own_default():
+    """A factory whose default vocabulary is not the data's (a GPT-2 config's 50257 tokens) is
+    built with the data's 256 bytes by grids and coordinate checks, as the commands do."""
+    built = []
+
+    def make(width: int, vocab_size: int = 50257) -> GPT:
+        built.append(vocab_size)
+        return GPT(width=width, vocab_size=vocab_size, block_size=16, base_d_head=4)
+
+    text = stdlib(block_size=16)
+    mutransfer.grid(make, data=text, widths=[16, 32], lrs=[1e-3, 1e-2, 1e-1], steps=2, batch_size=2,
+                    eval_batches=1)  # fmt: skip
+    mutransfer.coord_check(make, widths=[16, 32, 64], data=text, steps=1, seeds=1, batch_size=2)
+    assert built and set(built) == {256}

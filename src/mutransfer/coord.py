@@ -49,6 +49,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.files import save_json
@@ -238,7 +239,8 @@ def coord_check(
     if parametrization not in ("mup", "sp"):
         raise MutransferError(f"parametrization must be 'mup' or 'sp', got {parametrization!r}.")
     _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
-    shape = dict(shape or {})
+    implied = factory_keywords(data, make_model)  # the vocabulary or input size, where shape leaves it open
+    shape = {**{k: v for k, v in implied.items() if k != "block_size"}, **dict(shape or {})}
     base = widths[0] if base is None else base
     loss = loss or cross_entropy
     plans = {w: axis.plan(make_model, shape, base, w) for w in widths}

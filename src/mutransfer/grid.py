@@ -343,8 +343,12 @@ def grid(
     runs = {w: _run_settings(axis, w, steps, batch_size, data, block_size) for w in widths}
     for settings in runs.values():
         check_budget(settings["steps"], settings["batch_size"], eval_batches, warmup, schedule)
-    takes_block = "block_size" in factory_keywords(data, make_model)
-    sized = {w: {**shape, **_model_keywords(axis, w, takes_block, block_size)} for w in widths}
+    implied = factory_keywords(data, make_model)
+    takes_block = "block_size" in implied
+    # the vocabulary or input size the data decides, where the shape leaves it open (a Hugging
+    # Face config's 50257-token GPT-2 vocabulary would otherwise train on bytes)
+    filled = {k: v for k, v in implied.items() if k not in shape and k != "block_size"}
+    sized = {w: {**filled, **shape, **_model_keywords(axis, w, takes_block, block_size)} for w in widths}
     if axis.trains:
         if width_key not in shape:
             raise MutransferError(
@@ -354,7 +358,7 @@ def grid(
         base = shape[width_key] if base is None else int(base)
     else:
         base = widths[0] if base is None else int(base)
-    shapes = {"sp": {**shape, **(sp_shape or {})}, "mup": shape}
+    shapes = {"sp": {**filled, **shape, **(sp_shape or {})}, "mup": {**filled, **shape}}
     protocol = {
         "factory": _name(make_model),
         "data": getattr(data, "name", type(data).__name__),
