@@ -10,6 +10,7 @@ import base64
 import html
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,11 +181,11 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
         result.axis, f"largest {result.axis} at the smallest"
     )
     budget = f"{p['steps']} steps, " if p["steps"] else ""
-    fig.suptitle(
+    heading = (
         f"{p['factory'].rpartition(':')[2]} on {p['data']}: {budget}{p['optimizer']} "
-        f"(x: diverged; *: optimum; ring: {ring}'s optimum)",
-        fontsize=10,
-    )
+        f"(x: diverged; *: optimum; ring: {ring}'s optimum)"
+    )  # a factory's repr can be long (a Hugging Face config's): wrapped, not cut off at the edge
+    fig.suptitle(textwrap.fill(heading, 65 * len(names)), fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
