@@ -227,6 +227,16 @@ def test_benchmark_quick_mode_runs(tmp_path):
     assert "| mlp | digits |" in printed
 
 
+def test_gap_benchmark_quick_mode_runs(tmp_path):
+    """gap.py: a proxy sweep of the multipliers, then the grid with them at every muP width."""
+    record, printed = run_quick("gap", tmp_path)
+    assert set(record["multipliers"]) == {"input_mult", "output_mult"}
+    assert record["multipliers"] == {k: record["sweep"]["best"][k] for k in record["multipliers"]}
+    assert set(record["summary"]) == {"sp", "mup"}
+    assert all((tmp_path / f"gap-quick-{f}").exists() for f in ("sweep.json", "grid.json", "grid.png"))
+    assert "muP (base width 16)" in printed
+
+
 def test_a_model_that_does_not_fit_the_data_gets_a_clear_error(tmp_path):
     text = stdlib(block_size=16)
     with pytest.raises(mutransfer.MutransferError, match="inputs match the data"):
