@@ -53,7 +53,7 @@ from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.files import save_json
-from mutransfer.scaling.forward import AttentionLogits
+from mutransfer.scaling.attention import AttentionLogits
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
 from mutransfer.train import LossFn, OptimizerSpec, axis_of, build, cross_entropy, optimizer_class

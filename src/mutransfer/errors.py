@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MutransferError", "check_number"]
+__all__ = ["MutransferError", "MutransferWarning", "check_number"]
 
 
 class MutransferError(ValueError):
@@ -13,6 +13,11 @@ class MutransferError(ValueError):
 
     Messages say what was received, what was expected, and how to fix it.
     """
+
+
+class MutransferWarning(UserWarning):
+    """Something that makes a plan or check not muP, or less reliable, but need not stop it:
+    e.g. attention the plan cannot fix, a coordinate check too small to be trusted."""
 
 
 def check_number(value: Any, name: str, *, positive: bool = False) -> float:

@@ -43,7 +43,7 @@ from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.files import load_json, save_json
-from mutransfer.scaling.plan import init_law_of
+from mutransfer.scaling.planning import init_law_of
 from mutransfer.train import (
     TRAINING_AXES,
     LossFn,

@@ -43,7 +43,8 @@ from torch import nn
 
 from mutransfer.data.batches import digest
 from mutransfer.errors import MutransferError
-from mutransfer.scaling.forward import AttentionLogits, ScaleOutput, readout_hooks
+from mutransfer.scaling.attention import AttentionLogits
+from mutransfer.scaling.forward import ScaleOutput, readout_hooks
 from mutransfer.scaling.plan import Plan
 
 __all__ = ["HFFactory", "factory", "load_pretrained", "save_pretrained"]

@@ -31,7 +31,7 @@ from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
 from mutransfer.optim import OPTIMIZERS, lookup
 from mutransfer.scaling.plan import Plan
-from mutransfer.scaling.plan import plan as make_plan
+from mutransfer.scaling.planning import plan as make_plan
 
 __all__ = [
     "OPTIMIZERS",

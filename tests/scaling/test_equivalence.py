@@ -33,6 +33,10 @@ class Table8MLP(nn.Module):
             # Table 8: the readout keeps the base init std; PyTorch's default init at target
             # has std sigma_base / sqrt(m), so multiply by sqrt(m).
             self.net.readout.weight.mul_(M**0.5)
+            # biases are Theta(1) (Table 3 counts them as input weights of fan_in 1): PyTorch's
+            # default U(+-1/sqrt(fan_in)) shrinks with the hidden layers' fan_in, so undo that
+            for layer in self.net.hidden:
+                layer.bias.mul_(M**0.5)
 
     def forward(self, x):
         n = self.net

@@ -57,8 +57,16 @@ def test_at_base_shape_tied_model_gets_no_hook():
 # ---- init ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("law", "hidden", "readout"), [("fan_in", 1.0, 0.5), ("constant", 0.5, 0.25)])
-def test_init_rescales_by_role_and_law(law, hidden, readout):
+@pytest.mark.parametrize(
+    ("law", "hidden", "readout", "bias"),
+    [
+        ("fan_in", 1.0, 0.5, 2.0),
+        ("constant", 0.5, 0.25, 1.0),
+        ("measured", 1.0, 0.5, 2.0),
+        (None, 1.0, 0.5, 2.0),
+    ],
+)
+def test_init_rescales_by_role_and_law(law, hidden, readout, bias):
     plan = mutransfer.plan(MLP, base={"width": 32}, target={"width": 128})  # m = 4
     torch.manual_seed(0)
     before = MLP(width=128)
@@ -67,7 +75,7 @@ def test_init_rescales_by_role_and_law(law, hidden, readout):
         "input.weight": 1.0,
         "input.bias": 1.0,
         "hidden.0.weight": hidden,
-        "hidden.0.bias": 1.0,
+        "hidden.0.bias": bias,  # shrank with its layer's fan_in: muP holds every bias Theta(1)
         "readout.weight": readout,
         "readout.bias": 1.0,
     }
@@ -127,8 +135,8 @@ def test_tied_readout_hook_scales_logits_once():
     torch.manual_seed(0)
     model = tiny_gpt(tie_embeddings=True)(width=128)
     idx = torch.randint(0, 256, (2, 16))
-    h = model.ln_f(model.blocks[0](model.wte(idx) + model.wpe(torch.arange(16))))
     plan.init_(model)
+    h = model.ln_f(model.blocks[0](model.wte(idx) + model.wpe(torch.arange(16))))  # hooks only on lm_head
     assert [name for name, _ in readout_hooks(model)] == ["lm_head"]
     torch.testing.assert_close(model(idx), model.lm_head.weight.matmul((h / 4).unsqueeze(-1)).squeeze(-1))
     with pytest.raises(MutransferError, match="already carries"):

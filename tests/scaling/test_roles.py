@@ -183,12 +183,26 @@ def test_more_than_two_scaling_dims():
         mutransfer.plan(cube, base={"width": 4}, target={"width": 8})
 
 
-def test_dimension_scaling_by_another_factor():
-    def quadratic(width):
-        return nn.Sequential(nn.Linear(4, width), nn.Linear(width, width), nn.Linear(width, width * width))
+def test_a_dimension_growing_at_its_own_ratio_takes_its_own_multiplier():
+    # a Mamba-like conv over d_inner + 2 * d_state: 16 + 8 -> 64 + 8 grows 3x while the width grows 4x
+    def model(width):
+        return nn.Sequential(nn.Linear(4, width), nn.Linear(width, width + 8), nn.Linear(width + 8, 3))
 
-    with pytest.raises(MutransferError, match=r"'2.weight' scales by 16 while the width scales by 4"):
-        mutransfer.plan(quadratic, base={"width": 4}, target={"width": 16})
+    plan = mutransfer.plan(model, base={"width": 16}, target={"width": 64})
+    assert plan.width_multiplier == 4
+    assert (plan["1.weight"].m_in, plan["1.weight"].m_out) == (4, 3)
+    assert (plan["2.weight"].role.value, plan["2.weight"].m_in) == ("output", 3)
+    assert plan["1.bias"].m_out == 3
+    groups = {g["lr_scale"] for g in plan.param_groups(model(64), lr=1.0)}
+    assert groups == {1.0, 1 / 4, 1 / 3}  # input and vectors, the hidden 1/m_in, the readout 1/m_in
+
+
+def test_a_dimension_that_shrinks_while_the_width_grows():
+    def model(width):
+        return nn.Sequential(nn.Linear(4, width), nn.Linear(width, 96 - width), nn.Linear(96 - width, 3))
+
+    with pytest.raises(MutransferError, match=r"'1.weight' scales by 0.5 while the width scales by 2"):
+        mutransfer.plan(model, base={"width": 32}, target={"width": 64})
 
 
 def test_nothing_scales():
@@ -214,16 +228,18 @@ def test_factory_that_reads_values_on_meta():
         mutransfer.plan(reads_values, base={"width": 8}, target={"width": 16})
 
 
-def test_factory_is_built_on_meta_only():
+def test_the_target_is_built_on_meta_only():
     built = []
 
     def factory(width):
         model = MLP(width=width)
-        built.append(model.input.weight.device.type)
+        built.append((model.input.weight.device.type, width))
         return model
 
-    mutransfer.plan(factory, base={"width": 8}, target={"width": 4096})
-    assert built == ["meta", "meta"]
+    plan = mutransfer.plan(factory, base={"width": 8}, target={"width": 4096})
+    assert ("meta", 4096) in built
+    assert {w for device, w in built if device != "meta"} == {8, 32}  # the init law, at base and 4x
+    assert plan.init_law == "measured"
 
 
 def test_probe_is_required_when_several_keywords_could_be_the_width():

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mutransfer.scaling.forward import AttentionLogits, attention_scale
+from mutransfer.scaling.attention import AttentionLogits, attention_scale
 
 
 class _Attention(nn.Module):

@@ -1,60 +1,24 @@
-"""The two muP factors that live in the forward pass, and the library's mechanism for each.
+"""The forward multipliers a plan attaches with hooks, and how to find them again.
 
-1. Attention logits: muP uses ``1/d_head`` instead of ``1/sqrt(d_head)``. The model owns its
-   attention, so it asks for the scale::
-
-       scale = mutransfer.attention_scale(d_head, base_d_head=64)
-       y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-
-   At ``d_head == base_d_head`` this is the usual ``1/sqrt(d_head)``. Fused attention never
-   materialises the logits, so a model that wants them checked (``mutransfer.coord_check``)
-   holds an ``AttentionLogits`` hook point and calls ``observe(q, k, scale)`` beside SDPA.
-
-2. Tied input/output embeddings: one tensor cannot take the embedding's and the readout's
+1. Tied input/output embeddings: one tensor cannot take the embedding's and the readout's
    optimizer settings at once, so the plan gives it the embedding's and multiplies the readout's
    input by ``1/m`` (TP5's Table 8 form for the readout). ``Plan.attach_`` registers a
    ``ScaleInput`` forward pre-hook on the readout module for this. It survives ``deepcopy``
    and ``torch.compile``; it is not in the ``state_dict``, so call ``attach_`` again after
    building a model to load a checkpoint into.
 
-3. A residual branch whose last module is not a ``Linear``/``Conv`` (so its depth multiplier
+2. A residual branch whose last module is not a ``Linear``/``Conv`` (so its depth multiplier
    cannot move into a weight) gets a ``ScaleOutput`` forward hook from ``Plan.attach_``, with
    the same life cycle as ``ScaleInput``.
+
+The third forward factor, the attention scale, is the model's own: see ``attention.py``.
 """
 
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import nn
 
-__all__ = ["AttentionLogits", "ScaleInput", "ScaleOutput", "attention_scale", "plan_hooks", "readout_hooks"]
-
-
-def attention_scale(d_head: int, base_d_head: int) -> float:
-    """muP attention scale ``sqrt(base_d_head) / d_head``: 1/d_head, equal to SP at base."""
-    if d_head <= 0 or base_d_head <= 0:
-        raise ValueError(f"head sizes must be positive, got d_head={d_head}, base_d_head={base_d_head}")
-    return math.sqrt(base_d_head) / d_head
-
-
-class AttentionLogits(nn.Module):
-    """Hook point for the pre-softmax attention logits ``scale * q @ k^T``, shape (B, heads, T, T);
-    keys may have fewer heads than queries (grouped-query attention).
-
-    ``observe`` computes them only while a forward hook is registered on this module (the
-    coordinate check registers one), so training keeps the fused SDPA path and pays nothing.
-    """
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-        if k.shape[-3] != q.shape[-3]:  # grouped-query attention: a key head serves a group of query heads
-            k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
-        return (q @ k.transpose(-2, -1)) * scale
-
-    def observe(self, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
-        if self._forward_hooks:
-            self(q, k, scale)
+__all__ = ["ScaleInput", "ScaleOutput", "plan_hooks", "readout_hooks"]
 
 
 class ScaleInput:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -37,24 +37,23 @@ from torch import nn
 
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.files import check_format, load_json, save_json
-from mutransfer.scaling.depth import Depth, check_depth_arguments, find_depth
+from mutransfer.scaling.attention import AttentionSite, fix_, fixed_modules
+from mutransfer.scaling.depth import Depth
 from mutransfer.scaling.forward import ScaleInput, ScaleOutput, plan_hooks
+from mutransfer.scaling.init_law import user_growth
 from mutransfer.scaling.roles import (
     ParamRole,
     Role,
     canonical_name,
-    infer_roles,
-    model_on_meta,
-    parameter_layout,
-    tied_readouts,
     unwrap,
 )
 from mutransfer.scaling.rules import Multipliers, depth_multipliers, init_multiplier, multipliers, muon_takes
 
-__all__ = ["Plan", "load_plan", "plan", "plan_from_model"]
+__all__ = ["INIT_LAWS", "Plan", "check_init_law", "load_plan", "match_patterns"]
 
-FORMAT_VERSION = 2  # 2 added depth; version 1 files (width only) still load
-InitLaw = Literal["fan_in", "constant"]
+FORMAT_VERSION = 3  # 2 added depth, 3 the measured init law and the attention; older files still load
+InitLaw = Literal["fan_in", "constant", "measured"]
+INIT_LAWS = ("fan_in", "constant", "measured")
 
 # Set on the root module by init_ (a module attribute, never a tensor one, so deepcopy keeps it
 # and a state_dict does not carry it): a second init_ would scale the weights twice.
@@ -70,8 +69,9 @@ class Plan:
     tensor (tied tensors once, with aliases); ``tied_readouts`` names the modules whose input
     is scaled by ``1/width_multiplier`` because their weight is also the input embedding;
     ``depth`` (None for width only) says how the residual blocks scale; ``init_law`` how the
-    factory's own init scales with width (its ``init_law`` attribute, default ``"fan_in"``),
-    which ``init_`` corrects unless told otherwise.
+    factory's own init scales with width (``"measured"``: per tensor, ``init_laws``), which
+    ``init_`` corrects; ``attention`` the attention the plan saw (None: not inspected), which
+    ``attach_`` makes muP where it can; ``notes`` what the plan could not check.
     """
 
     width_multiplier: float
@@ -81,6 +81,9 @@ class Plan:
     tied_readouts: tuple[str, ...] = ()
     depth: Depth | None = None
     init_law: InitLaw = "fan_in"
+    init_laws: Mapping[str, str] = field(default_factory=dict)
+    attention: tuple[AttentionSite, ...] | None = None
+    notes: tuple[str, ...] = ()
 
     # ---- reading -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> ParamRole:
@@ -112,6 +115,19 @@ class Plan:
         eps = None if mult.eps is None else mult.eps * (depth.eps or 1.0)
         return init * depth_init, Multipliers(lr=mult.lr * depth.lr, eps=eps)
 
+    def init_factor(self, p: ParamRole, init_law: InitLaw | None = None) -> float:
+        """What ``init_`` multiplies the user's init of ``p`` by: muP's std at the target over what
+        the user's init already does there (``init_law``: default the plan's)."""
+        law = check_init_law(init_law or self.init_law)
+        if law == "measured":
+            law = self.init_laws.get(p.name, "constant")
+        by_name = {n: q for q in self.params for n in q.names}
+        return self.factors(p)[0] / user_growth(p, law, by_name)
+
+    def attention_fixes(self) -> tuple[AttentionSite, ...]:
+        """The attention sites ``attach_`` makes muP (queries or ``scaling`` multiplied)."""
+        return tuple(s for s in self.attention or () if not s.is_mup and s.fix)
+
     # ---- applying ------------------------------------------------------------------------
     def init_(
         self,
@@ -124,15 +140,17 @@ class Plan:
         """Rescale a freshly initialised target model to muP init, then ``attach_`` it.
 
         Your code's init is taken as the standard parametrization at the target shape;
-        ``init_law`` (default: the plan's, which the factory declares) says how that init
+        ``init_law`` (default: the plan's, measured from the factory) says how that init
         scales with width, so the plan can correct it:
 
         - ``"fan_in"`` (PyTorch's Linear/Conv default, std ~ 1/sqrt(fan_in)): hidden tensors are
-          already right; readouts are multiplied by ``1/sqrt(m_in)``.
+          already right; readouts are multiplied by ``1/sqrt(m_in)``, and a Linear or Conv
+          layer's bias by ``sqrt(m_in)`` of its weight (muP holds every bias Theta(1)).
         - ``"constant"`` (a fixed std such as 0.02 at every width): hidden tensors are multiplied
           by ``1/sqrt(m_in)``, readouts by ``1/m_in``.
+        - ``"measured"``: each tensor as the plan measured it (``init_laws``).
 
-        Vectors and input-like tensors keep your init. ``zero`` lists name patterns
+        Other vectors and input-like tensors keep your init. ``zero`` lists name patterns
         (``fnmatch``) to set to zero, e.g. ``["lm_head.weight", "*.q_proj.weight"]``: muP's
         recommended readout and query init. ``scale`` multiplies the init of every tensor of
         a role, e.g. ``{"output": 0.5}``: tuned constants that muP carries unchanged to every
@@ -142,26 +160,23 @@ class Plan:
         would be scaled twice). Call it once, on a fresh model, never after loading a
         checkpoint (a second call is an error).
         """
-        init_law = check_init_law(init_law or self.init_law)
         role_scale = _role_factors(scale, "scale")
         tensors = self._tensors(model)
         root = unwrap(model)
-        if getattr(root, _INITIALISED, False) or (self._hooked_modules() and plan_hooks(model)):
+        if getattr(root, _INITIALISED, False) or plan_hooks(model) or fixed_modules(model):
             raise MutransferError(
                 "this model was already initialised (or attached) by a plan; a second init_ would "
                 "scale it twice. Fix: call init_ once on a freshly built model (after loading a "
                 "checkpoint, call plan.attach_(model) only)."
             )
-        zeroed = _match_patterns(zero, [n for p in self.params for n in p.names], "zero")
+        zeroed = match_patterns(zero, [n for p in self.params for n in p.names], "zero")
         with torch.no_grad():
             for p in self.params:
                 t = tensors[p.name]
                 if any(n in zeroed for n in p.names):
                     t.zero_()
                     continue
-                factor = self.factors(p)[0] * role_scale.get(p.role.value, 1.0)
-                if init_law == "fan_in" and p.role in (Role.HIDDEN, Role.OUTPUT):
-                    factor *= p.m_in**0.5  # the user's init already shrank by 1/sqrt(m_in)
+                factor = self.init_factor(p, init_law) * role_scale.get(p.role.value, 1.0)
                 if factor != 1.0:
                     t.mul_(factor)
         setattr(root, _INITIALISED, True)
@@ -169,28 +184,31 @@ class Plan:
         return model
 
     def attach_(self, model: nn.Module) -> nn.Module:
-        """Register the forward hooks the plan needs; a no-op for most models.
+        """Apply the forward multipliers the plan needs; a no-op for most models.
 
         For a tied embedding/readout tensor the plan uses the embedding's rules and scales the
         readout's input by ``1/m`` (the one forward multiplier that cannot move into the
         optimizer, since the tensor serves both roles). A residual branch ending in a module
         without its own Linear/Conv weight has its output scaled by the branch multiplier.
-        Hooks are not in the ``state_dict``: call ``attach_`` after loading a checkpoint.
+        Attention the plan found with ``1/sqrt(d_head)`` logits is made ``1/d_head`` where that is
+        exact: an ``nn.MultiheadAttention``'s queries, or a module's ``scaling`` attribute. None
+        of it is in the ``state_dict``: call ``attach_`` after loading a checkpoint.
         """
         self._tensors(model)  # validates names and shapes
-        hooked = self._hooked_modules()
-        if not hooked:
+        hooked, fixes = self._hooked_modules(), self.attention_fixes()
+        if not hooked and not fixes:
             return model
-        if plan_hooks(model):
+        if plan_hooks(model) or fixed_modules(model):
             raise MutransferError(
-                "this model already carries mutransfer's forward hooks; attaching them again would "
+                "this model already carries mutransfer's forward multipliers; attaching them again would "
                 "scale twice. Fix: call attach_ (or init_) once per model."
             )
         modules = {canonical_name(n): mod for n, mod in model.named_modules()}
         for name in self.tied_readouts:
-            modules[name].register_forward_pre_hook(ScaleInput(1.0 / self.width_multiplier))
+            modules[name].register_forward_pre_hook(ScaleInput(1.0 / self._readout_multiplier(name)))
         for name in self.depth.hooked if self._depth_scales() else ():
             modules[name].register_forward_hook(ScaleOutput(self.depth.branch_multiplier))
+        fix_(model, fixes)
         return model
 
     def param_groups(
@@ -293,7 +311,8 @@ class Plan:
             head.insert(3, "depth")
         rows = []
         for p in self.params:
-            init, mult = self.factors(p, optimizer_family)
+            _, mult = self.factors(p, optimizer_family)
+            init = self.init_factor(p)
             names = p.name + "".join(f" = {a}" for a in p.aliases)
             shapes = f"{_shape(p.base_shape)} -> {_shape(p.target_shape)}"
             eps = "-" if mult.eps is None else f"{mult.eps:.4g}"
@@ -314,10 +333,14 @@ class Plan:
         ]
         counts = {r.value: sum(p.role is r for p in self.params) for r in Role}
         lines.append("roles: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-        if self.tied_readouts:
-            lines.append(
-                f"tied readout input scaled by 1/{self.width_multiplier:g}: " + ", ".join(self.tied_readouts)
-            )
+        law = self.init_law
+        if law == "measured":
+            found = sorted(set(self.init_laws.values()) - {"zero"})
+            law = f"measured per tensor ({', '.join(found) or 'nothing to measure'})"
+        lines.append(f"init law: {law}; 'init x' is what init_ multiplies your init by")
+        for name in self.tied_readouts:
+            lines.append(f"tied readout input scaled by 1/{self._readout_multiplier(name):g}: {name}")
+        lines += self._attention_lines()
         if self.depth is not None:
             d = self.depth
             lines.append(
@@ -325,7 +348,26 @@ class Plan:
                 f"branch multiplier {d.branch_multiplier:.4g}, absorbed into the branch ends"
                 + (f"; output hooks on {', '.join(d.hooked)}" if d.hooked else "")
             )
+        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _attention_lines(self) -> list[str]:
+        if self.attention is None:
+            return []
+        if not self.attention:
+            return ["attention: none found in one forward pass"]
+        lines = []
+        for site in self.attention:
+            if site.is_mup:
+                verdict = "muP" if site.law == "1/d_head" else "nothing to scale"
+            elif site.fix == "query":
+                verdict = f"made 1/d_head by attach_: queries x{site.factor:.4g}"
+            elif site.fix == "scaling":
+                verdict = f"made 1/d_head by attach_: its scaling attribute x{site.factor:.4g}"
+            else:
+                verdict = "NOT muP. Fix: " + site.fix_text()
+            lines.append(f"attention {site.describe()}; {verdict}")
+        return [row[0] for row in _merge_repeated([[line] for line in lines])]  # blocks.{0..7}.attn
 
     # ---- plain data ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -337,6 +379,9 @@ class Plan:
             "tied_readouts": list(self.tied_readouts),
             "depth": None if self.depth is None else self.depth.to_dict(),
             "init_law": self.init_law,
+            "init_laws": dict(self.init_laws),
+            "attention": None if self.attention is None else [s.to_dict() for s in self.attention],
+            "notes": list(self.notes),
             "params": [
                 {
                     "name": p.name,
@@ -376,6 +421,11 @@ class Plan:
             tied_readouts=tuple(data.get("tied_readouts", ())),
             depth=Depth.from_dict(data["depth"]) if data.get("depth") else None,
             init_law=data.get("init_law", "fan_in"),
+            init_laws=dict(data.get("init_laws", {})),
+            attention=None
+            if data.get("attention") is None
+            else tuple(AttentionSite(**s) for s in data["attention"]),
+            notes=tuple(data.get("notes", ())),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -385,6 +435,10 @@ class Plan:
     # ---- internals -----------------------------------------------------------------------
     def _depth_scales(self) -> bool:
         return self.depth is not None and self.depth.multiplier != 1.0
+
+    def _readout_multiplier(self, module: str) -> float:
+        """The width multiplier of a tied readout's input: its tensor's embedding dimension's."""
+        return next((p.m_out for p in self.params if f"{module}.weight" in p.names), self.width_multiplier)
 
     def _hooked_modules(self) -> list[str]:
         """Modules that get a forward hook from ``attach_``."""
@@ -416,102 +470,6 @@ class Plan:
         return out
 
 
-def plan(
-    make_model: Callable[..., nn.Module],
-    *,
-    base: Mapping[str, Any],
-    target: Mapping[str, Any],
-    probe: Mapping[str, Any] | None = None,
-    overrides: Mapping[str, str] | None = None,
-    depth: str | None = None,
-    residual: Sequence[str] = (),
-    alpha: float = 1.0,
-) -> Plan:
-    """Build the muP plan for ``make_model`` between two shapes, on the meta device.
-
-    ``base`` and ``target`` are keyword arguments of the factory (the width keywords that
-    differ, plus any others it needs). When their widths are equal (planning at the base
-    itself, or depth only) a ``probe`` shape tells which dimensions scale; when ``base`` has a
-    single integer width keyword the default probe doubles it. ``overrides`` maps name patterns
-    to a role for tensors the inference cannot read, e.g. a readout registered as a raw parameter.
-
-    ``depth`` names the keyword that sets the number of residual blocks; ``residual`` lists
-    name patterns of each branch's last module (``GPT.residual`` for the reference GPT) and
-    ``alpha`` picks the CompleteP family member: 1 is CompleteP, 0.5 Depth-muP.
-    """
-    base, target = dict(base), dict(target)
-    if depth is None:
-        if residual:
-            raise MutransferError("residual= needs depth=, the keyword that sets the number of blocks.")
-        if probe is None and base == target:
-            probe = _default_probe(base)
-        layouts = [parameter_layout(model_on_meta(make_model, s)) for s in (base, target)]
-        probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
-        return _build(layouts[0], layouts[1], probe_layout, overrides, base, target, init_law_of(make_model))
-
-    check_depth_arguments(depth, base, target, alpha)
-    wide_base = {**base, depth: target[depth]}  # width roles compare two models of the target's depth
-    if probe is not None:
-        probe = {**probe, depth: target[depth]}
-    elif wide_base == target:
-        probe = {**_default_probe(base, exclude=depth), depth: target[depth]}
-    deep = model_on_meta(make_model, target)
-    other_depth = base[depth] if base[depth] != target[depth] else target[depth] + 1
-    shallow = model_on_meta(make_model, {**target, depth: other_depth})
-    found = find_depth(
-        shallow, deep, key=depth, base=base[depth], target=target[depth], alpha=alpha, residual=residual
-    )
-    layouts = [parameter_layout(model_on_meta(make_model, wide_base)), parameter_layout(deep)]
-    probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
-    built = _build(layouts[0], layouts[1], probe_layout, overrides, base, target, init_law_of(make_model))
-    return replace(built, depth=found)
-
-
-def plan_from_model(
-    model: nn.Module,
-    *,
-    base_dims: Mapping[int, int] | None = None,
-    base_shapes: Mapping[str, Sequence[int]] | None = None,
-    overrides: Mapping[str, str] | None = None,
-) -> Plan:
-    """Plan for an already-built model (frameworks, checkpoints), given its base description.
-
-    Give exactly one of ``base_dims`` (target size -> base size for each dimension size that
-    scales, e.g. ``{4096: 256, 11008: 688}``) or ``base_shapes`` (parameter name -> base shape).
-    """
-    if (base_dims is None) == (base_shapes is None):
-        raise MutransferError("plan_from_model needs exactly one of base_dims= or base_shapes=.")
-    target_layout = parameter_layout(model)
-    if base_shapes is not None:
-        shapes = {canonical_name(k): tuple(v) for k, v in base_shapes.items()}
-        missing = sorted(set(target_layout) - set(shapes))
-        if missing:
-            raise MutransferError(f"base_shapes lacks {missing[:5]}; give a base shape for every parameter.")
-    else:
-        dims = dict(base_dims)
-        shapes = {n: tuple(dims.get(d, d) for d in s) for n, (s, _) in target_layout.items()}
-    base_layout = {n: (shapes[n], uses) for n, (_, uses) in target_layout.items()}
-    return _build(
-        base_layout,
-        target_layout,
-        None,
-        overrides,
-        {"dims": {str(k): v for k, v in (base_dims or {}).items()}},
-        {},
-    )
-
-
-def _default_probe(base: dict[str, Any], exclude: str | None = None) -> dict[str, Any]:
-    ints = [k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool) and k != exclude]
-    if len(ints) != 1:
-        raise MutransferError(
-            f"base and target are the same shape {base}, so the plan cannot tell which keywords are "
-            f"widths (integer keywords: {ints}). Fix: pass probe= with the width keywords changed, "
-            f"e.g. probe={{**base, {ints[0] if ints else 'width'!r}: 2 * base[...]}}."
-        )
-    return {**base, ints[0]: 2 * base[ints[0]]}
-
-
 def load_plan(path: str | os.PathLike) -> Plan:
     """Read a plan written by ``Plan.save``; no factory needed."""
     data = load_json(path, "plan file", "pass the path Plan.save wrote, or save the plan again.")
@@ -523,47 +481,16 @@ def load_plan(path: str | os.PathLike) -> Plan:
         raise MutransferError(f"{path} is not a plan file ({exc!r}). Fix: save the plan again.") from None
 
 
-def init_law_of(make_model: Callable[..., nn.Module]) -> InitLaw:
-    """How a factory's init scales with width: its ``init_law`` attribute, else ``"fan_in"``
-    (PyTorch's own layers). ``mutransfer.hf`` factories say ``"constant"``."""
-    return check_init_law(getattr(make_model, "init_law", "fan_in"))
-
-
 def check_init_law(init_law: Any) -> InitLaw:
-    if init_law not in ("fan_in", "constant"):
-        raise MutransferError(f"init_law must be 'fan_in' or 'constant', got {init_law!r}.")
+    if init_law not in INIT_LAWS:
+        raise MutransferError(
+            f"init_law must be one of {list(INIT_LAWS)}, got {init_law!r} ('fan_in': std ~ 1/sqrt(fan_in), "
+            "PyTorch's default; 'constant': one std at every width; 'measured': what the plan read)."
+        )
     return init_law
 
 
-def _build(base, target, probe, overrides, base_shape, target_shape, init_law="fan_in") -> Plan:
-    m, params = infer_roles(base, target, probe, _parse_overrides(overrides, list(base)))
-    # at base shape the readout multiplier is 1: no hook, nothing changes
-    tied = tied_readouts(base, target, params) if m != 1.0 else []
-    return Plan(
-        width_multiplier=m,
-        params=tuple(params),
-        base=base_shape,
-        target=target_shape,
-        tied_readouts=tuple(tied),
-        init_law=init_law,
-    )
-
-
-def _parse_overrides(overrides: Mapping[str, str] | None, names: list[str]) -> dict[str, Role]:
-    out: dict[str, Role] = {}
-    for pattern, role in (overrides or {}).items():
-        try:
-            r = Role(role)
-        except ValueError:
-            raise MutransferError(
-                f"override {pattern!r}: unknown role {role!r}; choose one of {[r.value for r in Role]}."
-            ) from None
-        for name in _match_patterns([pattern], names, "overrides"):
-            out[name] = r
-    return out
-
-
-def _match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set[str]:
+def match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set[str]:
     matched: set[str] = set()
     for pattern in patterns:
         hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}

@@ -147,19 +147,24 @@ def parameter_layout(model: nn.Module) -> dict[str, tuple[tuple[int, ...], list[
 
 
 def _width_multiplier(ratios: Iterable[tuple[str, int, float]]) -> float:
-    """The factor most scaling dimensions grow by; every other factor is an error."""
+    """The factor most scaling dimensions grow by: the model's width multiplier.
+
+    A dimension may grow at its own ratio (a Mamba conv's ``d_inner + 2 * d_state``, an FFN
+    sized ``8/3 * width`` and rounded): muP's rules are per fan, so it takes its own multiplier.
+    Only a dimension that moves against the width (shrinks while the width grows) is an error.
+    """
     ratios = list(ratios)
     if not ratios:
         return 1.0
     counts = Counter(round(r, 9) for _, _, r in ratios)
     m, _ = counts.most_common(1)[0]
-    odd = [(n, d, r) for n, d, r in ratios if round(r, 9) != m]
-    if odd:
-        name, dim, r = odd[0]
+    against = [(n, d, r) for n, d, r in ratios if (r - 1) * (m - 1) < 0]
+    if against:
+        name, dim, r = against[0]
         raise MutransferError(
-            f"dimension {dim} of parameter '{name}' scales by {r:g} while the width scales by {m:g}. "
-            "muP here uses one width multiplier: make every growing dimension grow by the same "
-            "factor (for example scale the FFN size with the width, keep head size or head count fixed)."
+            f"dimension {dim} of parameter '{name}' scales by {r:g} while the width scales by {m:g}: it "
+            "moves against the width. Fix: make every dimension that changes grow with the width (keep "
+            "head size or head count fixed, and size the FFN from the width)."
         )
     return float(m)
 
@@ -207,7 +212,8 @@ def infer_roles(
     roles = []
     for name, (bshape, uses) in base.items():
         role = overrides.get(name) or _classify(name, bshape, uses, scaling[name])
-        m_in, m_out = _fan_multipliers(role, m)
+        grown = [t / b for t, b in zip(target[name][0], bshape, strict=True)]
+        m_in, m_out = _fan_multipliers(role, grown, uses)
         layer = "+".join(dict.fromkeys(u.layer for u in uses))
         roles.append(
             ParamRole(
@@ -270,11 +276,18 @@ def _check_same_names(a: Mapping, b: Mapping, la: str, lb: str) -> None:
     )
 
 
-def _fan_multipliers(role: Role, m: float) -> tuple[float, float]:
-    """(m_in, m_out) of a role: the fans that grow, grow by the width multiplier."""
-    m_in = m if role in (Role.HIDDEN, Role.OUTPUT) else 1.0
-    m_out = m if role in (Role.HIDDEN, Role.INPUT, Role.VECTOR) else 1.0
-    return m_in, m_out
+def _fan_multipliers(role: Role, grown: list[float], uses: list[_Use]) -> tuple[float, float]:
+    """(m_in, m_out) of a tensor: how much its fan-in and fan-out dimensions grow, base to target.
+    Each fan takes its own ratio (1 where it does not scale)."""
+    moved = [r for r in grown if r != 1.0]
+    if role is Role.FIXED or not moved:
+        return 1.0, 1.0
+    if role is not Role.HIDDEN:  # one fan scales: the growing dimension's ratio
+        return (moved[0], 1.0) if role is Role.OUTPUT else (1.0, moved[0])
+    use = next((u for u in uses if u.known_layer), uses[0])
+    out_dim = 0 if use.fan_out_dim is None else use.fan_out_dim
+    in_dim = 1 if use.fan_in_dim is None else use.fan_in_dim
+    return grown[in_dim], grown[out_dim]
 
 
 def _classify(name: str, shape: tuple[int, ...], uses: list[_Use], scaling: list[int]) -> Role:

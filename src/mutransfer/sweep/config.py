@@ -100,8 +100,8 @@ class SweepConfig:
     schedule: str = "cosine"
     eval_batches: int = 16
     init_law: str | None = None
-    """How the factory's own init scales with width: ``fan_in`` (PyTorch default) or ``constant``;
-    default: what the factory declares (its ``init_law`` attribute), else ``fan_in``."""
+    """How the factory's own init scales with width: ``fan_in`` (PyTorch default), ``constant`` or
+    ``measured``; default: what the factory declares (its ``init_law`` attribute), else measured."""
     zero: tuple[str, ...] = ()
     """Parameter name patterns initialised to zero (e.g. the readout)."""
     depth: str | None = None
@@ -169,7 +169,7 @@ class SweepConfig:
             ("schedule", SCHEDULES),
             ("sampler", SAMPLERS),
             ("pruner", PRUNERS),
-            ("init_law", (None, "fan_in", "constant")),
+            ("init_law", (None, "fan_in", "constant", "measured")),
         ):
             if getattr(self, key) not in choices:
                 found.append(f"{key}: {getattr(self, key)!r} is not one of {list(choices)}")

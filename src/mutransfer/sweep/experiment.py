@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mutransfer.data import TokenData, factory_keywords, fetch, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.plan import Plan
-from mutransfer.scaling.plan import plan as make_plan
+from mutransfer.scaling.planning import plan as make_plan
 from mutransfer.scaling.roles import model_on_meta
 from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
 from mutransfer.sweep.space import Value

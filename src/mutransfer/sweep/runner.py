@@ -29,7 +29,7 @@ from typing import Any
 
 from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.errors import MutransferError
-from mutransfer.scaling.plan import init_law_of
+from mutransfer.scaling.planning import init_law_of
 from mutransfer.sweep.config import SweepConfig, resolve
 from mutransfer.sweep.experiment import Experiment
 from mutransfer.sweep.space import Range, grid_points, suggest

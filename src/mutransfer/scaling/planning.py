@@ -1,0 +1,322 @@
+"""Making a plan: shapes on the meta device, the init law measured, the attention found.
+
+    >>> import mutransfer
+    >>> from mutransfer.models import GPT
+    >>> plan = mutransfer.plan(GPT, base={"width": 64}, target={"width": 1024})
+    >>> plan.init_law, plan["blocks.0.fc.weight"].role.value
+    ('measured', 'hidden')
+
+Three readings, each of what the factory actually does rather than what it might declare:
+
+1. roles: the factory built at base and target shape on the meta device (``roles.py``);
+2. the init law: built at two small shapes on the CPU (``init_law.py``), unless the caller or
+   the factory (its ``init_law`` attribute) says which;
+3. the attention: one forward pass of an example input through both meta models under
+   interception (``attention.py``). Without an example the plan guesses one only for a model
+   whose first layer is an embedding (token ids) or a linear layer; ``nn.MultiheadAttention``
+   needs no forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from mutransfer.errors import MutransferError, MutransferWarning
+from mutransfer.scaling.attention import AttentionSite, find_sites, static_sites
+from mutransfer.scaling.depth import check_depth_arguments, find_depth
+from mutransfer.scaling.init_law import check_measured, measure
+from mutransfer.scaling.plan import Plan, check_init_law, match_patterns
+from mutransfer.scaling.roles import (
+    Role,
+    canonical_name,
+    infer_roles,
+    model_on_meta,
+    parameter_layout,
+    tied_readouts,
+)
+
+__all__ = ["init_law_of", "plan", "plan_from_model"]
+
+_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole numeric name segment: the 3 in blocks.3.fc
+_EXAMPLE_TOKENS = 8  # the guessed example: this many token ids, within any position table
+
+
+def plan(
+    make_model: Callable[..., nn.Module],
+    *,
+    base: Mapping[str, Any],
+    target: Mapping[str, Any],
+    probe: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    depth: str | None = None,
+    residual: Sequence[str] = (),
+    alpha: float = 1.0,
+    init_law: str | None = None,
+    example: Any = None,
+    fix_attention: bool = True,
+) -> Plan:
+    """Build the muP plan for ``make_model`` between two shapes.
+
+    ``base`` and ``target`` are keyword arguments of the factory (the width keywords that
+    differ, plus any others it needs). When their widths are equal (planning at the base
+    itself, or depth only) a ``probe`` shape tells which dimensions scale; when ``base`` has a
+    single integer width keyword the default probe doubles it. ``overrides`` maps name patterns
+    to a role for tensors the inference cannot read, e.g. a readout registered as a raw parameter.
+
+    ``init_law`` says how the factory's own init scales with width: ``"fan_in"`` (PyTorch's
+    layers), ``"constant"`` (transformers' ``initializer_range``), or ``None``: the factory's
+    ``init_law`` attribute if it has one, else measured per tensor. ``example`` is an input the
+    model takes (a tensor, a tuple of positional inputs, or a dict of keyword inputs; any size
+    will do, it only runs on meta) so the plan can see the attention; ``fix_attention=False``
+    leaves an ``nn.MultiheadAttention`` or a ``scaling`` attribute as it is (and warns).
+
+    ``depth`` names the keyword that sets the number of residual blocks; ``residual`` lists
+    name patterns of each branch's last module (``GPT.residual`` for the reference GPT) and
+    ``alpha`` picks the CompleteP family member: 1 is CompleteP, 0.5 Depth-muP.
+    """
+    base, target = dict(base), dict(target)
+    declared = check_init_law(init_law or getattr(make_model, "init_law", "measured"))
+    if depth is None:
+        if residual:
+            raise MutransferError("residual= needs depth=, the keyword that sets the number of blocks.")
+        if probe is None and base == target:
+            probe = _default_probe(base)
+        wide_base, measured_at = base, _small_pair(base, probe or target)
+        models = [model_on_meta(make_model, s) for s in (base, target)]
+    else:
+        check_depth_arguments(depth, base, target, alpha)
+        wide_base = {**base, depth: target[depth]}  # width roles compare two models of the target's depth
+        if probe is not None:
+            probe = {**probe, depth: target[depth]}
+        elif wide_base == target:
+            probe = {**_default_probe(base, exclude=depth), depth: target[depth]}
+        measured_at = _small_pair(base, {**(probe or target), depth: base[depth]})  # at the base depth
+        models = [model_on_meta(make_model, wide_base), model_on_meta(make_model, target)]
+    found = None
+    if depth is not None:  # the blocks first: their errors say more than a name mismatch would
+        other_depth = base[depth] if base[depth] != target[depth] else target[depth] + 1
+        shallow = model_on_meta(make_model, {**target, depth: other_depth})
+        found = find_depth(
+            shallow, models[1], key=depth, base=base[depth], target=target[depth], alpha=alpha,
+            residual=residual,
+        )  # fmt: skip
+    layouts = [parameter_layout(m) for m in models]
+    probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
+    built = replace(_build(layouts[0], layouts[1], probe_layout, overrides, base, target), depth=found)
+    notes: list[str] = []
+    laws: dict[str, str] = {}
+    if declared == "measured":
+        declared, laws = _measure_init(make_model, measured_at, built, notes)
+    sites = _find_attention(models, example, notes)
+    if not fix_attention and sites:
+        sites = tuple(replace(s, fix="") for s in sites)
+    built = replace(built, init_law=declared, init_laws=laws, attention=sites, notes=tuple(notes))
+    _warn_attention(built)
+    return built
+
+
+def plan_from_model(
+    model: nn.Module,
+    *,
+    base_dims: Mapping[int, int] | None = None,
+    base_shapes: Mapping[str, Sequence[int]] | None = None,
+    overrides: Mapping[str, str] | None = None,
+    init_law: str = "fan_in",
+) -> Plan:
+    """Plan for an already-built model (frameworks, checkpoints), given its base description.
+
+    Give exactly one of ``base_dims`` (target size -> base size for each dimension size that
+    scales, e.g. ``{4096: 256, 11008: 688}``) or ``base_shapes`` (parameter name -> base shape).
+    With no factory nothing is measured: ``init_law`` says how the model's init scales.
+    """
+    if (base_dims is None) == (base_shapes is None):
+        raise MutransferError("plan_from_model needs exactly one of base_dims= or base_shapes=.")
+    target_layout = parameter_layout(model)
+    if base_shapes is not None:
+        shapes = {canonical_name(k): tuple(v) for k, v in base_shapes.items()}
+        missing = sorted(set(target_layout) - set(shapes))
+        if missing:
+            raise MutransferError(f"base_shapes lacks {missing[:5]}; give a base shape for every parameter.")
+    else:
+        dims = dict(base_dims)
+        shapes = {n: tuple(dims.get(d, d) for d in s) for n, (s, _) in target_layout.items()}
+    base_layout = {n: (shapes[n], uses) for n, (_, uses) in target_layout.items()}
+    built = _build(
+        base_layout,
+        target_layout,
+        None,
+        overrides,
+        {"dims": {str(k): v for k, v in (base_dims or {}).items()}},
+        {},
+    )
+    law = check_init_law(init_law)
+    if law == "measured":
+        raise MutransferError(
+            "plan_from_model has no factory to measure the init with: pass 'fan_in' or 'constant'."
+        )
+    sites = static_sites(model, model) or None
+    return replace(built, init_law=law, attention=sites)
+
+
+def init_law_of(make_model: Callable[..., nn.Module]) -> str:
+    """How a factory's init scales with width, as a plan of it will say: its ``init_law``
+    attribute (``mutransfer.hf`` factories say ``"constant"``), else ``"measured"``."""
+    return check_init_law(getattr(make_model, "init_law", "measured"))
+
+
+def _default_probe(base: dict[str, Any], exclude: str | None = None) -> dict[str, Any]:
+    ints = [k for k, v in base.items() if isinstance(v, int) and not isinstance(v, bool) and k != exclude]
+    if len(ints) != 1:
+        raise MutransferError(
+            f"base and target are the same shape {base}, so the plan cannot tell which keywords are "
+            f"widths (integer keywords: {ints}). Fix: pass probe= with the width keywords changed, "
+            f"e.g. probe={{**base, {ints[0] if ints else 'width'!r}: 2 * base[...]}}."
+        )
+    return {**base, ints[0]: 2 * base[ints[0]]}
+
+
+def _small_pair(base: dict[str, Any], other: Mapping[str, Any]) -> tuple[dict, dict]:
+    """Two shapes to measure the init law on: the base, and the base with each integer keyword that
+    grows toward ``other`` multiplied by 4 (or 2, or ``other`` itself when it is nearer)."""
+    grows = {k: v for k, v in other.items() if _is_int(v) and _is_int(base.get(k)) and v > base[k]}
+    for factor in (4, 2):
+        if grows and all(v >= factor * base[k] for k, v in grows.items()):
+            return base, {**other, **{k: factor * base[k] for k in grows}}
+    return base, dict(other)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _build(base, target, probe, overrides, base_shape, target_shape) -> Plan:
+    m, params = infer_roles(base, target, probe, _parse_overrides(overrides, list(base)))
+    # at base shape the readout multiplier is 1: no hook, nothing changes
+    tied = tied_readouts(base, target, params) if m != 1.0 else []
+    return Plan(
+        width_multiplier=m,
+        params=tuple(params),
+        base=base_shape,
+        target=target_shape,
+        tied_readouts=tuple(tied),
+    )
+
+
+def _parse_overrides(overrides: Mapping[str, str] | None, names: list[str]) -> dict[str, Role]:
+    out: dict[str, Role] = {}
+    for pattern, role in (overrides or {}).items():
+        try:
+            r = Role(role)
+        except ValueError:
+            raise MutransferError(
+                f"override {pattern!r}: unknown role {role!r}; choose one of {[r.value for r in Role]}."
+            ) from None
+        for name in match_patterns([pattern], names, "overrides"):
+            out[name] = r
+    return out
+
+
+# ---- the init law ------------------------------------------------------------------------------
+def _measure_init(
+    make_model: Callable[..., nn.Module], shapes: tuple[dict, dict], built: Plan, notes: list[str]
+) -> tuple[str, dict[str, str]]:
+    """("measured", per-tensor laws), or ("fan_in", {}) with a note when it cannot be measured."""
+    small, other = shapes
+    try:
+        layouts = [parameter_layout(model_on_meta(make_model, s)) for s in shapes]
+        ratio, params = infer_roles(layouts[0], layouts[1], None, {})
+    except MutransferError as exc:
+        notes.append(f"init law not measured ({exc}); taken as fan_in")
+        return "fan_in", {}
+    result = measure(make_model, (small, other), tuple(params), ratio) if ratio != 1.0 else "nothing scales"
+    if isinstance(result, str):
+        notes.append(f"init law not measured ({result}); taken as fan_in. Pass init_law= to say which")
+        return "fan_in", {}
+    check_measured(result)
+    # tensors of deeper blocks than the measured ones follow their block-0 namesake
+    by_pattern = {_INDEX.sub("#", n): law for n, law in result.laws.items()}
+    laws = {}
+    for p in built.params:
+        law = result.laws.get(p.name) or by_pattern.get(_INDEX.sub("#", p.name))
+        if law is not None:
+            laws[p.name] = law
+    return "measured", laws
+
+
+# ---- the attention -----------------------------------------------------------------------------
+def _find_attention(
+    models: list[nn.Module], example: Any, notes: list[str]
+) -> tuple[AttentionSite, ...] | None:
+    """The attention sites of base and target, or None (with a note) when no forward could run."""
+    static = static_sites(*models)
+    if example is None:
+        example = _guess_example(models[0])
+    if example is None:
+        notes.append(
+            "attention not inspected beyond nn.MultiheadAttention: pass example= (an input the model "
+            "takes) so the plan can see F.scaled_dot_product_attention calls"
+        )
+        return static or None
+    try:
+        sites = find_sites(models[0], models[1], _on_meta(example))
+    except Exception as exc:  # user code on meta tensors: say so, the coordinate check still sees it
+        notes.append(
+            f"attention not inspected: the forward pass on the meta device failed ({type(exc).__name__}: "
+            f"{str(exc)[:120]}); the coordinate check still sees every attention"
+        )
+        return static or None
+    found = {s.name for s in sites}
+    return tuple(sites) + tuple(s for s in static if s.name not in found)
+
+
+def _guess_example(model: nn.Module) -> Any:
+    """Token ids for a model whose first layer is an embedding, features for a linear one."""
+    first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    if isinstance(first, nn.Embedding):
+        return (torch.zeros(1, _EXAMPLE_TOKENS, dtype=torch.long),)
+    if isinstance(first, nn.Linear):
+        return (torch.zeros(2, first.in_features),)
+    return None
+
+
+def _on_meta(example: Any) -> Any:
+    if isinstance(example, torch.Tensor):
+        return (example.to("meta"),)
+    if isinstance(example, Mapping):
+        return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in example.items()}
+    return tuple(v.to("meta") if isinstance(v, torch.Tensor) else v for v in example)
+
+
+def _warn_attention(built: Plan) -> None:
+    """Loudly: attention that stays non-muP under this plan, one warning per kind of fault."""
+    wrong: dict[tuple[str, str, int], list[str]] = {}
+    for site in built.attention or ():
+        if not site.is_mup and not site.fix:
+            key = (site.function, site.law, site.base_d_head)
+            wrong.setdefault(key, []).append(site.module or "the model")
+    for (function, law, base_d_head), modules in wrong.items():
+        where = ", ".join(dict.fromkeys(modules))
+        if function == "mha":
+            fix = (
+                "plan with fix_attention=True (the default): attach_ then multiplies its queries by "
+                "sqrt(base_d_head / d_head), exactly"
+            )
+        else:
+            fix = (
+                f"pass scale=mutransfer.attention_scale(d_head, base_d_head={base_d_head}) to "
+                "F.scaled_dot_product_attention in the forward of each"
+            )
+        warnings.warn(
+            f"not muP: {where} compute attention with {law} logits while d_head changes with the width "
+            f"({base_d_head} at base); muP needs 1/d_head, or the logits grow as the model widens and the "
+            f"coordinate check fails. Fix: {fix}.",
+            MutransferWarning,
+            stacklevel=3,
+        )
