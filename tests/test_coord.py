@@ -41,8 +41,8 @@ def causes(result) -> dict[str, str]:
 def test_mup_mlp_passes(images):
     result = check(MLP, images, batch_size=32)
     assert result.passed, result.table()
-    assert [m.name for m in result.modules] == ["input", "hidden.0", "hidden.1", "readout"]
-    assert {m.kind for m in result.modules} == {"input", "hidden", "output"}
+    assert [m.name for m in result.modules] == ["input", "hidden.0", "hidden.1", "readout", "<output>"]
+    assert {m.kind for m in result.modules} == {"input", "hidden", "output", "model"}
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -513,7 +513,7 @@ def _loss(record: Mapping[str, Any]) -> float:
 
 
 def _coord_text(p: Mapping[str, Any]) -> str:
-    return "passed" if p["coord_passed"] else f"FAILED ({p['coord_failures']} modules grow)"
+    return "passed" if p["coord_passed"] else f"FAILED ({p['coord_failures']} points fail)"
 
 
 def _target_text(p: Mapping[str, Any]) -> str:

@@ -111,7 +111,7 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
         ax.set_title(f"step {t}", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both", lw=0.4)
-    verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} modules grow)"
+    verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} points fail)"
     label = parametrization_label(result.parametrization, result.axis)
     row[0].set_ylabel(f"{label}\n{verdict}", fontsize=9)
     row[0].yaxis.label.set_color("#2ca02c" if result.passed else "#d62728")
@@ -521,7 +521,7 @@ def _cell(run: dict[str, Any] | None) -> str:
 
 
 def _verdict_word(check: CoordCheck) -> str:
-    return "passed" if check.passed else f"failed ({len(check.failures)} modules grow)"
+    return "passed" if check.passed else f"failed ({len(check.failures)} points fail)"
 
 
 def _verdict_class(check: CoordCheck) -> str:

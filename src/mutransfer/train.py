@@ -95,12 +95,18 @@ def role_multipliers(
 
 
 def width_plan(
-    make_model: Callable[..., nn.Module], shape: Mapping[str, Any], width_key: str, base: int, width: int
+    make_model: Callable[..., nn.Module],
+    shape: Mapping[str, Any],
+    width_key: str,
+    base: int,
+    width: int,
+    example: Any = None,
 ) -> Plan:
-    """The muP plan from ``base`` to ``width`` with every other keyword held at ``shape``."""
+    """The muP plan from ``base`` to ``width`` with every other keyword held at ``shape``;
+    ``example``: an input the model takes, so the plan sees its attention."""
     base_shape, target = {**shape, width_key: base}, {**shape, width_key: width}
     probe = {**shape, width_key: 2 * base} if width == base else None  # roles need two widths
-    return make_plan(make_model, base=base_shape, target=target, probe=probe)
+    return make_plan(make_model, base=base_shape, target=target, probe=probe, example=example)
 
 
 def depth_plan(
@@ -112,6 +118,7 @@ def depth_plan(
     residual: Sequence[str],
     alpha: float = 1.0,
     width_key: str = "width",
+    example: Any = None,
 ) -> Plan:
     """CompleteP from ``base`` to ``depth`` blocks, at the width ``shape`` gives (the probe
     doubles ``width_key`` so the plan knows every tensor's role)."""
@@ -124,6 +131,7 @@ def depth_plan(
         depth=depth_key,
         residual=residual,
         alpha=alpha,
+        example=example,
     )
 
 
@@ -152,16 +160,21 @@ class Axis:
         return self.kind in TRAINING_AXES
 
     def plan(
-        self, make_model: Callable[..., nn.Module], shape: Mapping[str, Any], base: int, size: int
+        self,
+        make_model: Callable[..., nn.Module],
+        shape: Mapping[str, Any],
+        base: int,
+        size: int,
+        example: Any = None,
     ) -> Plan:
         """The plan at ``size``; over a training axis, from the base width to the model's."""
         if self.kind == "depth":
             return depth_plan(
-                make_model, shape, self.key, base, size, self.residual, self.alpha, self.width_key
+                make_model, shape, self.key, base, size, self.residual, self.alpha, self.width_key, example
             )
         if self.trains:
-            return width_plan(make_model, shape, self.width_key, base, shape[self.width_key])
-        return width_plan(make_model, shape, self.key, base, size)
+            return width_plan(make_model, shape, self.width_key, base, shape[self.width_key], example)
+        return width_plan(make_model, shape, self.key, base, size, example)
 
 
 def axis_of(

@@ -1,0 +1,268 @@
+"""One run of a coordinate check: train a few steps, and before each, measure a probe batch.
+
+What is watched (a *point* each):
+
+- every module that holds parameters, and every ``AttentionLogits`` hook point;
+- every attention the model computes through PyTorch (``F.scaled_dot_product_attention``,
+  ``nn.MultiheadAttention``), found by interception: ``blocks.0.attn.sdpa``, ``...self_attn.mha``;
+- the residual stream: the output of every block of a ``ModuleList``/``Sequential`` of blocks,
+  and the input of the first (``<input of blocks.0>``);
+- the model's output, what the loss sees (``<output>``).
+
+The last two catch what no module owns: a multiplier written in a ``forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from mutransfer.data.batches import Batches, fetch
+from mutransfer.errors import MutransferError
+from mutransfer.scaling.attention import AttentionCall, AttentionLogits, intercept, logits
+from mutransfer.scaling.roles import canonical_name
+
+__all__ = ["OUTPUT", "Run", "input_of", "run"]
+
+OUTPUT = "<output>"
+MEASURES = ("rms", "change", "update", "input", "scale")
+
+
+def input_of(block: str) -> str:
+    """The point that watches the residual stream entering ``block``."""
+    return f"<input of {block}>"
+
+
+@dataclass
+class Run:
+    """What one run measured. ``series["measure:point"]``: the value before each step (nan: not
+    measured); ``kinds``: points that are not modules with a role (``attention``, ``block``,
+    ``stream``, ``model``); ``previous``: for stream and output points, the point the forward
+    pass reached just before (what a multiplier between them would act on); ``functions``: how
+    each attention point computes (``sdpa``, ``mha``, ``logits``)."""
+
+    series: dict[str, list[float]]
+    losses: list[float]
+    order: list[str]
+    kinds: dict[str, str] = field(default_factory=dict)
+    previous: dict[str, str] = field(default_factory=dict)
+    functions: dict[str, str] = field(default_factory=dict)
+
+
+def run(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Batches,
+    *,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor],
+    patterns: Sequence[str] | None,
+    device: str | torch.device,
+    extra: Sequence[str] = (),
+) -> Run:
+    """Train ``steps`` steps; before each (and after the last) measure every point on batch 0."""
+    named = {canonical_name(n): m for n, m in model.named_modules()}
+    watched = _watched(named, patterns) | {n: named[n] for n in extra}
+    streams = [s for s in _stream_points(named) if s[0] not in watched] if patterns is None else []
+    initial = copy.deepcopy(model)  # before any hook: calling its modules records nothing
+    initial_modules = {canonical_name(n): m for n, m in initial.named_modules()}
+    observed_inside = {n.rpartition(".")[0] for n, m in named.items() if isinstance(m, AttentionLogits)}
+    out = Run({}, [], [])
+    first: dict[str, torch.Tensor] = {}
+    last: list[str] = []  # the point recorded most recently in this forward pass
+
+    def record(name: str, value: torch.Tensor, extra_values: dict[str, float]) -> None:
+        value = value.detach().float()
+        values = {"rms": _rms(value), "change": math.nan, "update": math.nan, **extra_values}
+        if name not in first:
+            first[name] = value
+            out.order.append(name)
+            if last and name in out.kinds and out.kinds[name] in ("stream", "block", "model"):
+                out.previous[name] = last[-1]
+        elif first[name].shape == value.shape:
+            values["change"] = _rms(value - first[name])
+        for measure in MEASURES:
+            out.series.setdefault(f"{measure}:{name}", []).append(values.get(measure, math.nan))
+        last.append(name)
+
+    def module_hook(name: str, module: nn.Module, interceptor):
+        is_logits, owns = isinstance(module, AttentionLogits), _owns_parameters(module)
+
+        def hook(mod, args, kwargs, output):
+            out_t = _first_tensor(output)
+            if out_t is None:
+                return
+            values = {"input": _input_rms(args, is_logits)}
+            if is_logits:  # muP's scale is 1/d_head: scale * d_head stays fixed
+                scale = args[2] if len(args) > 2 else kwargs["scale"]
+                values["scale"] = float(scale) * args[0].shape[-1]
+            if owns and name in first:  # the initial module on today's input: what the updates did
+                with interceptor.pause():
+                    before = _first_tensor(initial_modules[name].forward(*args, **kwargs))
+                values["update"] = _rms(out_t.detach().float() - before.detach().float())
+            record(name, out_t, values)
+
+        return hook
+
+    def on_attention(call: AttentionCall) -> None:
+        if call.module in observed_inside:  # its own AttentionLogits hook point reports it
+            return
+        out.kinds[call.name] = "attention"
+        out.functions[call.name] = call.function
+        q, k = call.q.float(), call.k.float()
+        values = {"input": _rms(q) * _rms(k), "scale": call.scale * call.d_head}
+        record(call.name, logits(q, k, call.scale), values)
+
+    for name, module in watched.items():
+        if isinstance(module, AttentionLogits):
+            out.kinds[name], out.functions[name] = "attention", "logits"
+    for name, _, where in streams:
+        out.kinds[name] = "stream" if where == "pre" else "block"
+    out.kinds[OUTPUT] = "model"
+
+    probe = fetch(data, 0, batch_size, seed=seed, device=device)
+    for step in range(steps + 1):
+        last.clear()
+        with (
+            _hooks(model, watched, streams, patterns is None, module_hook, record, on_attention),
+            torch.no_grad(),
+        ):
+            output = _forward(model, probe[0], data)
+            loss = loss_fn(output, probe[1]).item()
+        out.losses.append(loss)
+        if step == steps:
+            break
+        x, y = fetch(data, step + 1, batch_size, seed=seed, device=device)
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(_forward(model, x, data), y).backward()
+        optimizer.step()
+    return out
+
+
+@contextlib.contextmanager
+def _hooks(model, watched, streams, output, module_hook, record, on_attention) -> Iterator[Any]:
+    """Every point's hook, and attention interception, for one probe forward pass."""
+    handles = []
+    with intercept(model, on_attention, tensors=True) as interceptor:
+        try:
+            for name, module in watched.items():
+                handles.append(
+                    module.register_forward_hook(module_hook(name, module, interceptor), with_kwargs=True)
+                )
+            for name, module, where in streams:
+                if where == "pre":
+                    handles.append(module.register_forward_pre_hook(_pre_recorder(name, record)))
+                else:
+                    handles.append(module.register_forward_hook(_post_recorder(name, record)))
+            if output:
+                handles.append(model.register_forward_hook(_post_recorder(OUTPUT, record)))
+            yield interceptor
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def _pre_recorder(name: str, record):
+    def hook(module, args):
+        t = _first_tensor(args)
+        if t is not None and t.is_floating_point():
+            record(name, t, {})
+
+    return hook
+
+
+def _post_recorder(name: str, record):
+    def hook(module, args, output):
+        t = _first_tensor(output)
+        if t is not None and t.is_floating_point():
+            record(name, t, {})
+
+    return hook
+
+
+def _forward(model: nn.Module, x: torch.Tensor, data: Batches) -> Any:
+    """The model on ``x``; an exception in user code becomes "the model failed on this data"."""
+    try:
+        return model(x)
+    except (MutransferError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        name = getattr(data, "name", type(data).__name__)
+        raise MutransferError(
+            f"the model failed on this data: {name} gives inputs of shape {tuple(x.shape)} and dtype "
+            f"{x.dtype}, and {type(model).__name__}.forward raised {type(exc).__name__}: {exc}. Fix: check "
+            "that the data suits the model (text for a language model, images of the size it expects; "
+            "--data / data=), that its dtype matches the model's, and that shape= sets the keywords it needs."
+        ) from exc
+
+
+def _stream_points(named: dict[str, nn.Module]) -> list[tuple[str, nn.Module, str]]:
+    """The residual stream: each block's output and the first block's input, for every
+    ``ModuleList``/``Sequential`` whose elements are blocks (modules holding no parameters of
+    their own), outermost containers only."""
+    points, seen = [], []
+    for name, container in named.items():
+        if not isinstance(container, nn.ModuleList | nn.Sequential) or not len(container):
+            continue
+        if any(name.startswith(f"{s}.") for s in seen):  # inside a block already watched
+            continue
+        blocks = [(f"{name}.{i}" if name else str(i), m) for i, m in enumerate(container)]
+        if any(_owns_parameters(m) or not any(True for _ in m.parameters()) for _, m in blocks):
+            continue
+        seen.append(name)
+        points.append((input_of(blocks[0][0]), blocks[0][1], "pre"))
+        points += [(n, m, "post") for n, m in blocks]
+    return points
+
+
+def _watched(named: dict[str, nn.Module], patterns: Sequence[str] | None) -> dict[str, nn.Module]:
+    named = {n: m for n, m in named.items() if n}
+    if patterns is None:
+        return {n: m for n, m in named.items() if isinstance(m, AttentionLogits) or _owns_parameters(m)}
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in named)]
+    if unmatched:
+        raise MutransferError(
+            f"modules= patterns {unmatched} match no module. Modules are named like "
+            f"{list(named)[:6]}. Fix: use fnmatch patterns over these names, e.g. 'blocks.*.attn.*'."
+        )
+    return {n: m for n, m in named.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+
+
+def _owns_parameters(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(recurse=False))
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    """A module's output: a tensor, a tuple's first, or a Hugging Face output's logits."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, tuple | list) and value:
+        return _first_tensor(value[0])
+    found = getattr(value, "logits", None)
+    if isinstance(found, torch.Tensor):
+        return found
+    if hasattr(value, "to_tuple") and value.to_tuple():
+        return _first_tensor(value.to_tuple()[0])
+    return None
+
+
+def _rms(t: torch.Tensor) -> float:
+    return t.detach().float().pow(2).mean().sqrt().item()
+
+
+def _input_rms(args: tuple, is_logits: bool) -> float:
+    """RMS of the module's input; for attention logits the product of the q and k sizes."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    if not tensors:
+        return 1.0  # token ids or no tensor input: nothing upstream can grow
+    return math.prod(_rms(t) for t in tensors[:2]) if is_logits else _rms(tensors[0])

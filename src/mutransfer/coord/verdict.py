@@ -1,0 +1,238 @@
+"""The coordinate check's verdict: growth exponents, in both directions, and their likely cause.
+
+For each point and measure the exponent ``s`` of ``value ~ width**s`` (least squares on log-log
+axes, values averaged over seeds). muP (Tensor Programs V) asks two things of every layer as the
+width grows: nothing blows up (no exponent above ``threshold``) and every layer keeps learning
+(the effect of a layer's own updates, ``update``, and the change of the residual stream and of
+the output, ``change``, do not vanish: no exponent below ``-threshold``). A failing point is a
+*cause* when the fault is its own (its update, its attention scale, its initial output beyond
+its input's, or a factor between it and the point before it in the forward pass); otherwise it
+inherits the fault from upstream, and the verdict names where it starts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["ModuleCheck", "judge", "slope", "slopes"]
+
+_FREE = ("stream", "block", "model")  # points no module owns: a factor between them lives in a forward
+
+
+@dataclass(frozen=True)
+class ModuleCheck:
+    """The verdict for one watched point: its worst exponent per measure (nan where a measure
+    does not apply; for ``change`` and ``update`` the one furthest from 0), ``status``
+    ``ok``/``grows``/``vanishes``/``diverged``, whether it is a cause rather than an heir, and the
+    likely reason."""
+
+    name: str
+    kind: str
+    rms_slope: float
+    change_slope: float
+    update_slope: float
+    scale_slope: float
+    status: str
+    cause: bool = False
+    hint: str = ""
+
+    @property
+    def slope(self) -> float:
+        """The worst exponent over all measures."""
+        found = [s for s in (self.rms_slope, self.change_slope, self.update_slope, self.scale_slope)]
+        return max((s for s in found if not math.isnan(s)), key=abs, default=math.nan)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok"
+
+
+def judge(
+    order: Sequence[str],
+    kinds: Mapping[str, str],
+    widths: Sequence[int],
+    curves: Mapping[str, Mapping[str, list[list[float]]]],
+    loss: list[list[float]],
+    threshold: float,
+    axis: str = "width",
+    previous: Mapping[str, str] | None = None,
+    functions: Mapping[str, str] | None = None,
+) -> tuple[ModuleCheck, ...]:
+    """One ``ModuleCheck`` per point, in forward order."""
+    previous, functions = previous or {}, functions or {}
+    diverged = _divergence(widths, loss)
+    steps = len(loss[0])
+    measured = []
+    all_slopes = {name: {m: slopes(widths, curves[m].get(name, []), steps) for m in curves} for name in order}
+    for name in order:
+        s = all_slopes[name]
+        kind = kinds.get(name, "other")
+        worst = {m: _extreme(s[m], max) for m in ("rms", "change", "update")}
+        worst["scale"] = s["scale"][0]
+        low = {m: _extreme(s[m], min) for m in ("change", "update")}
+        prev = all_slopes.get(previous.get(name, ""))
+        # a point no module owns moves against the point before it: a factor in a forward pass
+        moved = _relative(s["change"], prev["change"]) if kind in _FREE and prev else [math.nan]
+        if diverged or any(math.isinf(v) for m in ("rms", "change", "update") for v in s[m]):
+            status = "diverged"
+        else:
+            judged = [v for m, v in worst.items() if m != "change" or not _inside_blocks(name, kind, axis)]
+            if max(_finite(v) for v in [*judged, _extreme(moved, max)]) > threshold:
+                status = "grows"
+            # over depth a block's own share shrinks like 1/L by design (CompleteP's branch multiplier)
+            elif min(_finite(v) for v in [low["update"] if axis == "width" else math.nan,
+                                          _extreme(moved, min)]) < -threshold:  # fmt: skip
+                status = "vanishes"
+            else:
+                status = "ok"
+        reason = _own_fault(status, kind, worst, s, moved, threshold, axis)
+        shown = {m: (low[m] if status == "vanishes" and m in low else worst[m]) for m in worst}
+        if kind in _FREE and reason == "forward":  # the change column shows the jump at the factor
+            shown["change"] = _extreme(moved, max if status == "grows" else min)
+        measured.append((name, kind, shown, status, reason))
+
+    first_cause = {
+        st: next((n for n, _, _, s, r in measured if r and s == st), None) for st in ("grows", "vanishes")
+    }
+    verdicts = []
+    for name, kind, shown, status, reason in measured:
+        if status == "diverged":
+            hint = diverged or "its output is not finite at some width: training diverged. Fix: lower lr."
+        elif status == "ok":
+            hint = ""
+        elif axis == "depth":  # one fault there: the branches or their LRs are not scaled
+            hint = _DEPTH_HINT
+        elif reason:
+            hint = _hint(kind, reason, functions.get(name, ""), previous.get(name, ""), name)
+        elif first_cause[status]:
+            verb = "grows" if status == "grows" else "shrinks"
+            hint = f"{verb} because its input {verb}; it starts at {first_cause[status]}"
+        else:
+            hint = f"{status} a little in each of several modules; check that the plan covers every layer"
+        slopes_ = (shown["rms"], shown["change"], shown["update"], shown["scale"])
+        verdicts.append(ModuleCheck(name, kind, *slopes_, status=status, cause=reason is not None, hint=hint))
+    return tuple(verdicts)
+
+
+def _inside_blocks(name: str, kind: str, axis: str) -> bool:
+    """A module inside the blocks of a depth check, where ``change`` is shown but not judged: at
+    a few blocks the first block sees only the embeddings, and how far its normalised features
+    move grows with depth under CompleteP and standard alike (benchmarks/README.md). Depth
+    theory speaks of the residual stream (the blocks' outputs) and each module's own updates."""
+    return axis == "depth" and "*" in name and kind != "block"
+
+
+def _own_fault(status, kind, worst, s, moved, threshold, axis) -> str | None:
+    """What a failing point does itself, if anything; None: it inherits the fault."""
+    if status == "grows":
+        if _finite(worst["scale"]) > threshold:
+            return "scale"
+        if _finite(worst["update"]) > threshold:
+            return "update"
+        if kind in _FREE:
+            return "forward" if _finite(_extreme(moved, max)) > threshold else None
+        if _finite(s["rms"][0]) - _finite(s["input"][0]) > threshold:
+            return "init"
+    elif status == "vanishes":
+        if _finite(_extreme(s["update"], min)) < -threshold and axis == "width":
+            return "vanish"
+        if kind in _FREE and _finite(_extreme(moved, min)) < -threshold:
+            return "forward"
+    return None
+
+
+def _relative(own: list[float], prev: list[float]) -> list[float]:
+    """Per step, how much faster a point's exponent is than the previous point's (nan: not both)."""
+    pairs = zip(own, prev, strict=False)
+    return [a - b if math.isfinite(a) and math.isfinite(b) else math.nan for a, b in pairs]
+
+
+_DEPTH_HINT = (
+    "grows with the number of blocks: the residual branches are not scaled. Fix: a depth plan, "
+    "mutransfer.plan(..., depth='depth', residual=[each branch's last module]) (CompleteP: branch "
+    "multiplier m_L**-alpha, blocks' lr x m_L**(alpha-1))."
+)
+
+
+def _hint(kind: str, reason: str, function: str, previous: str, name: str) -> str:
+    """The likely fault; one text per fault, so the table lists every point it applies to once."""
+    if reason == "scale" and function == "mha":
+        return (
+            "attention logits grow: nn.MultiheadAttention scales them by 1/sqrt(d_head), standard "
+            "parametrization. Fix: plan the model (mutransfer.plan, then plan.init_ or plan.attach_), "
+            "which makes it 1/d_head by multiplying its queries."
+        )
+    if reason == "scale":
+        return (
+            "attention logits grow: the scale is not 1/d_head (1/sqrt(d_head) is standard "
+            "parametrization). Fix: scale=mutransfer.attention_scale(d_head, base_d_head)."
+        )
+    if reason == "forward":
+        where = f"after {previous}" if name == "<output>" else f"between {previous} and {name}"
+        return (
+            f"changes size with width {where}, where no module is: a factor written in the forward pass "
+            "(e.g. x * sqrt(d_model), logits / width). Fix: keep the factor at its base-width value at "
+            "every width, or drop it; muP's width factors belong to the plan."
+        )
+    if reason == "init":
+        return (
+            "grows at initialisation: its init std does not shrink with fan_in as muP's does. Fix: "
+            "plan.init_ on a freshly built model (with init_law= only if it says what your init does)."
+        )
+    if reason == "vanish":
+        return (
+            "its own updates shrink as the width grows: it stops learning. Fix: its learning rate is "
+            "scaled down too far. muP with Adam keeps the input layers' and vectors' LR and divides hidden "
+            "and readout LRs by m_in (plan.param_groups); an SGD-like optimizer passed as a callable needs "
+            "optimizer_family='sgd'."
+        )
+    if kind == "output":
+        return (
+            "logits grow with the readout's own updates: the readout is not scaled. Fix: its learning "
+            "rate and init shrink like 1/width (plan.param_groups and plan.init_)."
+        )
+    if kind == "hidden":
+        return (
+            "its own updates grow: the hidden learning rate is not scaled. Fix: with Adam a hidden "
+            "matrix takes lr/m_in (plan.param_groups)."
+        )
+    return "its own updates grow: its learning rate is scaled up with width. Fix: use plan.param_groups."
+
+
+def slopes(widths: Sequence[int], curve: list[list[float]], steps: int) -> list[float]:
+    """Exponent at every step of ``curve[i][t]`` (width ``i``); nan where nothing was recorded."""
+    if not curve:
+        return [math.nan] * steps
+    return [slope(widths, [c[t] for c in curve]) for t in range(steps)]
+
+
+def slope(widths: Sequence[int], values: Sequence[float]) -> float:
+    """Least-squares slope of log(values) on log(widths); nan when a value is 0, inf if not finite."""
+    if any(math.isnan(v) for v in values):
+        return math.nan  # not recorded at this step
+    if any(math.isinf(v) for v in values):
+        return math.inf
+    if any(v <= 0 for v in values):
+        return math.nan  # e.g. a zero-initialised readout at step 0: no size to compare
+    xs = [math.log(w) for w in widths]
+    ys = [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 0.0
+
+
+def _extreme(values: list[float], pick) -> float:
+    return pick((v for v in values if math.isfinite(v)), default=math.nan)
+
+
+def _divergence(widths: Sequence[int], loss: list[list[float]]) -> str:
+    for w, series in zip(widths, loss, strict=True):
+        for t, v in enumerate(series):
+            if not math.isfinite(v):
+                return f"training diverged at width {w} (loss not finite before step {t}). Fix: lower lr."
+    return ""
