@@ -160,3 +160,70 @@ def test_assert_coord_check(images):
         mutransfer.testing.assert_coord_check(
             MLP, widths=[32, 64, 128], data=images, steps=2, seeds=1, parametrization="sp"
         )
+
+
+# ---- models written elsewhere (benchmarks/foreign.py): what the check sees without any help ------
+def test_attention_found_by_interception_fails_standard_and_passes_muP(text):
+    from foreign import MHATransformer, Transformer
+
+    bad = check(Transformer, text, shape={"block_size": 32})  # its own SDPA at 1/sqrt(d_head)
+    found = causes(bad)
+    assert set(found) == {"blocks.0.attn.sdpa", "blocks.1.attn.sdpa"}, bad.table()
+    assert "attention_scale" in found["blocks.0.attn.sdpa"]
+    assert check(Transformer, text, shape={"block_size": 32, "base_d_head": 8}).passed
+    # nn.MultiheadAttention: the muP plan multiplies its queries; standard parametrization fails there
+    assert check(MHATransformer, text, shape={"block_size": 32}).passed
+    standard = causes(check(MHATransformer, text, shape={"block_size": 32}, parametrization="sp"))
+    assert "nn.MultiheadAttention" in standard["blocks.0.self_attn.mha"]
+
+
+@pytest.mark.parametrize(
+    ("factor", "where"),
+    [("embedding_factor", "between embed and <input of blocks.0>"), ("logit_factor", "after")],
+)
+def test_a_factor_written_in_forward_is_found_and_located(text, factor, where):
+    from foreign import Transformer
+
+    result = check(Transformer, text, shape={"block_size": 32, "base_d_head": 8, factor: "sqrt"})
+    found = causes(result)
+    assert len(found) == 1, result.table()
+    ((point, hint),) = found.items()
+    assert point.startswith("<") and where in hint and "forward pass" in hint
+
+
+def test_updates_that_vanish_fail_the_check(images):
+    sgd = lambda groups: torch.optim.SGD(groups)  # noqa: E731  (a callable: the plan assumes Adam)
+    result = check(MLP, images, optimizer=sgd, lr=0.1, batch_size=32)
+    found = causes(result)
+    assert {"input", "hidden.0", "hidden.1"} <= set(found), result.table()
+    assert all("optimizer_family='sgd'" in found[n] for n in ("input", "hidden.0"))
+    assert {m.status for m in result.failures} == {"vanishes"}
+    assert check(MLP, images, optimizer=sgd, optimizer_family="sgd", lr=0.1, batch_size=32).passed
+
+
+def test_a_bias_left_shrinking_fails_on_its_init(images):
+    def shrinking_biases(groups):  # undo the plan's bias correction, as PyTorch's init leaves them
+        for g in groups:
+            for p in g["params"]:
+                if p.dim() == 1 and len(p) != 10:  # the hidden and input biases, not the readout's
+                    with torch.no_grad():
+                        p.mul_((32 / len(p)) ** 0.5)
+        return torch.optim.Adam(groups)
+
+    result = check(MLP, images, optimizer=shrinking_biases, batch_size=32)
+    found = causes(result)
+    assert "hidden.0" in found and "hidden.0.bias" in found["hidden.0"], result.table()
+
+
+def test_a_model_that_fails_on_the_data_says_so(text):
+    from foreign import CNN
+
+    with pytest.raises(
+        mutransfer.MutransferError, match=r"the model failed on this data: .* shape \(8, 32\)"
+    ):
+        check(CNN, text, widths=[8, 16, 32])
+
+
+def test_a_check_below_the_reliable_setting_warns(images):
+    with pytest.warns(mutransfer.errors.MutransferWarning, match="1 seed"):
+        check(MLP, images, widths=[32, 64, 128], steps=2, seeds=1, batch_size=32)

@@ -47,13 +47,13 @@ import torch
 from torch import nn
 
 from mutransfer.coord.probe import MEASURES, Run, run
-from mutransfer.coord.verdict import ModuleCheck, judge, slopes
+from mutransfer.coord.verdict import ModuleCheck, judge, slope, slopes
 from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, MutransferWarning, check_number
 from mutransfer.files import save_json
 from mutransfer.scaling.plan import Plan
-from mutransfer.scaling.roles import Role
+from mutransfer.scaling.roles import Role, canonical_name
 from mutransfer.train import LossFn, OptimizerSpec, axis_of, build, cross_entropy, optimizer_class
 
 __all__ = ["GROWTH_THRESHOLD", "RELIABLE", "CoordCheck", "coord_check"]
@@ -109,10 +109,10 @@ class CoordCheck:
 
     def table(self) -> str:
         """One line per module with its worst exponent per measure and its verdict, then the hints."""
-        head = ["point", "kind", "rms", "change", "update", "scale", "verdict"]
+        head = ["point", "kind", "init", "rms", "change", "update", "scale", "verdict"]
         rows = [
             [m.name, m.kind]
-            + [_num(s) for s in (m.rms_slope, m.change_slope, m.update_slope, m.scale_slope)]
+            + [_num(s) for s in (m.init_slope, m.rms_slope, m.change_slope, m.update_slope, m.scale_slope)]
             + [m.status + (" (cause)" if m.cause else "")]
             for m in self.modules
         ]
@@ -226,6 +226,7 @@ def coord_check(
     order: list[str] = []
     previous: dict[str, str] = {}
     functions: dict[str, str] = {}
+    inits: dict[str, list[list[float]]] = {}  # parameter -> width -> seed: init RMS over muP's factor
     for i, w in enumerate(widths):
         for seed in range(seeds):
             if progress:
@@ -245,6 +246,10 @@ def coord_check(
                 seed=seed,
                 device=device,
             )
+            for name, value in _init_sizes(model, plans[w]).items():
+                inits.setdefault(blocks.pattern(name) if blocks else name, [[] for _ in widths])[i].append(
+                    value
+                )
             extra = blocks.roots(w) if blocks and modules is None else ()
             measured = run(
                 model, opt, data, steps=steps, seed=seed, batch_size=batch_size, loss_fn=loss,
@@ -279,11 +284,49 @@ def coord_check(
         threshold=threshold,
         curves=curves,
         loss=mean_loss,
-        modules=judge(order, kinds, widths, curves, mean_loss, threshold, axis.name, previous, functions),
+        modules=judge(
+            order,
+            kinds,
+            widths,
+            curves,
+            mean_loss,
+            threshold,
+            axis.name,
+            previous,
+            functions,
+            _init_strays(widths, inits, order),
+        ),
         settings={"base": base, "shape": shape, "width_key": axis.key, "batch_size": batch_size}
         | ({"residual": list(axis.residual), "alpha": axis.alpha} if blocks else {}),
         axis=axis.name,
     )
+
+
+def _init_sizes(model: nn.Module, plan: Plan) -> dict[str, float]:
+    """Each parameter's RMS at init over what muP's init multiplies the base std by here: the
+    same at every width when the init follows muP's law (0 for an all-zero tensor)."""
+    tensors = {canonical_name(n): t for n, t in model.named_parameters()}
+    out = {}
+    for p in plan.params:
+        if p.role is Role.FIXED or p.name not in tensors:
+            continue
+        out[p.name] = tensors[p.name].detach().float().pow(2).mean().sqrt().item() / plan.factors(p)[0]
+    return out
+
+
+def _init_strays(
+    widths: Sequence[int], inits: Mapping[str, list[list[float]]], points: Sequence[str]
+) -> dict[str, tuple[str, float]]:
+    """Per module, its parameter whose init exponent strays furthest from muP's, and the stray."""
+    out: dict[str, tuple[str, float]] = {}
+    for param, by_width in inits.items():
+        module = param.rpartition(".")[0]
+        if module not in points or any(not v for v in by_width):
+            continue
+        stray = slope(widths, [sum(v) / len(v) for v in by_width])
+        if math.isfinite(stray) and abs(stray) > abs(out.get(module, ("", 0.0))[1]):
+            out[module] = (param, stray)
+    return out
 
 
 # The smallest check whose verdict benchmarks/coord_thresholds.py found reliable (README): at

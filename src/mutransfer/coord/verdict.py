@@ -37,11 +37,12 @@ class ModuleCheck:
     status: str
     cause: bool = False
     hint: str = ""
+    init_slope: float = math.nan  # its parameters' init against muP's law (0: as muP says)
 
     @property
     def slope(self) -> float:
         """The worst exponent over all measures."""
-        found = [s for s in (self.rms_slope, self.change_slope, self.update_slope, self.scale_slope)]
+        found = [self.rms_slope, self.change_slope, self.update_slope, self.scale_slope, self.init_slope]
         return max((s for s in found if not math.isnan(s)), key=abs, default=math.nan)
 
     @property
@@ -59,9 +60,11 @@ def judge(
     axis: str = "width",
     previous: Mapping[str, str] | None = None,
     functions: Mapping[str, str] | None = None,
+    inits: Mapping[str, tuple[str, float]] | None = None,
 ) -> tuple[ModuleCheck, ...]:
-    """One ``ModuleCheck`` per point, in forward order."""
-    previous, functions = previous or {}, functions or {}
+    """One ``ModuleCheck`` per point, in forward order. ``inits``: per module, the parameter whose
+    init strays furthest from muP's law, and the exponent of that stray (``init_law``)."""
+    previous, functions, inits = previous or {}, functions or {}, inits or {}
     diverged = _divergence(widths, loss)
     steps = len(loss[0])
     measured = []
@@ -71,6 +74,7 @@ def judge(
         kind = kinds.get(name, "other")
         worst = {m: _extreme(s[m], max) for m in ("rms", "change", "update")}
         worst["scale"] = s["scale"][0]
+        param, stray = inits.get(name, ("", math.nan))
         low = {m: _extreme(s[m], min) for m in ("change", "update")}
         prev = all_slopes.get(previous.get(name, ""))
         # a point no module owns moves against the point before it: a factor in a forward pass
@@ -79,18 +83,21 @@ def judge(
             status = "diverged"
         else:
             judged = [v for m, v in worst.items() if m != "change" or not _inside_blocks(name, kind, axis)]
-            if max(_finite(v) for v in [*judged, _extreme(moved, max)]) > threshold:
+            if max(_finite(v) for v in [*judged, _extreme(moved, max), stray]) > threshold:
                 status = "grows"
             # over depth a block's own share shrinks like 1/L by design (CompleteP's branch multiplier)
             elif min(_finite(v) for v in [low["update"] if axis == "width" else math.nan,
-                                          _extreme(moved, min)]) < -threshold:  # fmt: skip
+                                          _extreme(moved, min), stray]) < -threshold:  # fmt: skip
                 status = "vanishes"
             else:
                 status = "ok"
         reason = _own_fault(status, kind, worst, s, moved, threshold, axis)
+        if reason is None and status in ("grows", "vanishes") and abs(_finite(stray)) > threshold:
+            reason = f"param:{param}:{stray:+.2f}"
         shown = {m: (low[m] if status == "vanishes" and m in low else worst[m]) for m in worst}
         if kind in _FREE and reason == "forward":  # the change column shows the jump at the factor
             shown["change"] = _extreme(moved, max if status == "grows" else min)
+        shown["init"] = stray
         measured.append((name, kind, shown, status, reason))
 
     first_cause = {
@@ -112,7 +119,17 @@ def judge(
         else:
             hint = f"{status} a little in each of several modules; check that the plan covers every layer"
         slopes_ = (shown["rms"], shown["change"], shown["update"], shown["scale"])
-        verdicts.append(ModuleCheck(name, kind, *slopes_, status=status, cause=reason is not None, hint=hint))
+        verdicts.append(
+            ModuleCheck(
+                name,
+                kind,
+                *slopes_,
+                status=status,
+                cause=reason is not None,
+                hint=hint,
+                init_slope=shown["init"],
+            )
+        )
     return tuple(verdicts)
 
 
@@ -175,6 +192,14 @@ def _hint(kind: str, reason: str, function: str, previous: str, name: str) -> st
             f"changes size with width {where}, where no module is: a factor written in the forward pass "
             "(e.g. x * sqrt(d_model), logits / width). Fix: keep the factor at its base-width value at "
             "every width, or drop it; muP's width factors belong to the plan."
+        )
+    if reason.startswith("param:"):
+        _, param, stray = reason.split(":")
+        way = "shrinks faster" if float(stray) < 0 else "shrinks slower"
+        return (
+            f"the init of {param} {way} with width than muP's (width**{stray} against muP's law): "
+            "e.g. a bias left at U(+-1/sqrt(fan_in)), or a std the plan took for another law. Fix: "
+            "plan.init_ on a freshly built model; pass init_law= only if it says what your init does."
         )
     if reason == "init":
         return (
