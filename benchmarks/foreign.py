@@ -14,20 +14,21 @@ Each takes its width as ``width`` and a few switches that plant the faults users
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["CNN", "MHATransformer", "MLP", "Transformer"]
+__all__ = ["CNN", "MLP", "MHATransformer", "Transformer"]
 
 
 class MLP(nn.Module):
     def __init__(self, width: int = 64, in_features: int = 784, out_features: int = 10, depth: int = 3):
         super().__init__()
         sizes = [in_features] + [width] * depth
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:], strict=False))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.out = nn.Linear(width, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,8 @@ class _Block(nn.Module):
 class Transformer(nn.Module):
     """A decoder written from scratch. ``embedding_factor`` / ``logit_factor``: ``"sqrt"`` multiplies
     the embeddings (as Gemma does) or the logits by ``sqrt(width)``; ``tie="functional"`` reads out
-    through the embedding with ``F.linear`` in ``forward``."""
+    through the embedding with ``F.linear`` in ``forward``; ``init_std`` draws every matrix from
+    N(0, init_std**2) instead of PyTorch's default."""
 
     def __init__(
         self,
@@ -80,6 +82,7 @@ class Transformer(nn.Module):
         embedding_factor: str = "",
         logit_factor: str = "",
         tie: str = "",
+        init_std: float | None = None,
     ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, width)
@@ -89,6 +92,10 @@ class Transformer(nn.Module):
         self.head = None if tie else nn.Linear(width, vocab_size, bias=False)
         self.embedding_factor = math.sqrt(width) if embedding_factor == "sqrt" else 1.0
         self.logit_factor = math.sqrt(width) if logit_factor == "sqrt" else 1.0
+        if init_std is not None:  # transformers' convention: one std for every matrix at every width
+            for p in self.parameters():
+                if p.dim() == 2:
+                    nn.init.normal_(p, std=init_std)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = (self.embed(idx) + self.pos[: idx.shape[1]]) * self.embedding_factor

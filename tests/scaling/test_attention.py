@@ -130,20 +130,37 @@ def test_a_scaling_attribute_handed_to_attention_is_fixed():
     assert model[1].scaling == pytest.approx(math.sqrt(4) / 16)
 
 
-def test_a_forward_that_fails_on_meta_leaves_a_note_not_an_error():
-    class Picky(nn.Module):
-        def __init__(self, width):
-            super().__init__()
-            self.emb, self.out = nn.Embedding(8, width), nn.Linear(width, 8)
+class Picky(nn.Module):
+    """Reads tensor values in its forward, as transformers' mask code does: meta tensors have none."""
 
-        def forward(self, idx):
-            if idx.sum().item() > 0:  # data-dependent: meta tensors have no values
-                pass
-            return self.out(self.emb(idx))
+    def __init__(self, width, fails: bool = False):
+        super().__init__()
+        self.emb, self.qkv, self.out = (
+            nn.Embedding(8, width),
+            nn.Linear(width, 3 * width),
+            nn.Linear(width, 8),
+        )
+        self.fails = fails
 
-    plan = mutransfer.plan(Picky, base={"width": 8}, target={"width": 32})
+    def forward(self, idx):
+        if self.fails or idx.sum().item() < 0:
+            raise RuntimeError("no forward for you")
+        q, k, v = (t.unflatten(-1, (2, -1)).transpose(1, 2) for t in self.qkv(self.emb(idx)).chunk(3, -1))
+        return self.out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+def test_a_forward_that_needs_values_is_run_on_the_cpu_at_small_shapes():
+    with pytest.warns(MutransferWarning, match="compute attention with 1/sqrt"):
+        plan = mutransfer.plan(Picky, base={"width": 8}, target={"width": 256})
+    (site,) = plan.attention
+    assert (site.name, site.base_d_head, site.target_d_head) == ("sdpa", 4, 128)  # carried from 4x to 32x
+    assert site.target_scale == pytest.approx(128**-0.5)
+
+
+def test_a_forward_that_fails_everywhere_leaves_a_note_not_an_error():
+    plan = mutransfer.plan(lambda width: Picky(width, fails=True), base={"width": 8}, target={"width": 32})
     assert plan.attention is None
-    assert "attention not inspected" in plan.summary()
+    assert "attention not inspected" in plan.summary() and "no forward for you" in plan.summary()
 
 
 def test_interception_is_gone_after_the_plan_and_sees_nothing_in_training():

@@ -35,7 +35,7 @@ class Table8MLP(nn.Module):
             self.net.readout.weight.mul_(M**0.5)
             # biases are Theta(1) (Table 3 counts them as input weights of fan_in 1): PyTorch's
             # default U(+-1/sqrt(fan_in)) shrinks with the hidden layers' fan_in, so undo that
-            for layer in self.net.hidden:
+            for layer in [*self.net.hidden, self.net.readout]:  # the readout's too: its fan_in grows
                 layer.bias.mul_(M**0.5)
 
     def forward(self, x):

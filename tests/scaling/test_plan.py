@@ -77,7 +77,7 @@ def test_init_rescales_by_role_and_law(law, hidden, readout, bias):
         "hidden.0.weight": hidden,
         "hidden.0.bias": bias,  # shrank with its layer's fan_in: muP holds every bias Theta(1)
         "readout.weight": readout,
-        "readout.bias": 1.0,
+        "readout.bias": bias,  # fixed size, but PyTorch's bound shrinks with the readout's fan_in
     }
     for name, factor in factors.items():
         torch.testing.assert_close(after.get_parameter(name), before.get_parameter(name) * factor)

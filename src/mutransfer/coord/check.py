@@ -162,6 +162,7 @@ def coord_check(
     data: Batches,
     steps: int = 4,
     seeds: int = 3,
+    seed: int = 0,
     lr: float = 3e-3,
     optimizer: OptimizerSpec = "adam",
     optimizer_family: str | None = None,
@@ -184,7 +185,8 @@ def coord_check(
     """Train ``make_model(**shape, width=w)`` for ``steps`` steps at every width; judge growth.
 
     ``data`` is any ``mutransfer.data.Batches`` (``batch(index, batch_size, seed=...)``); batch
-    0 is the probe. ``parametrization="mup"`` applies the plan from ``base`` (default: the
+    0 is the probe; runs use seeds ``seed`` to ``seed + seeds - 1`` (init and batches).
+    ``parametrization="mup"`` applies the plan from ``base`` (default: the
     narrowest width) with ``init_law`` and ``zero`` as in ``Plan.init_``; ``"sp"`` trains the
     model as built with one learning rate. ``optimizer`` is ``"adam"``, ``"adamw"``, ``"sgd"`` or
     a callable taking the param groups (give ``optimizer_family`` then, default ``adam``).
@@ -228,9 +230,9 @@ def coord_check(
     functions: dict[str, str] = {}
     inits: dict[str, list[list[float]]] = {}  # parameter -> width -> seed: init RMS over muP's factor
     for i, w in enumerate(widths):
-        for seed in range(seeds):
+        for run_seed in range(seed, seed + seeds):
             if progress:
-                progress(done, total, f"{axis.name} {w} seed {seed}")
+                progress(done, total, f"{axis.name} {w} seed {run_seed}")
             plan, zeroed = (plans[w], zero) if parametrization == "mup" else (None, ())
             if plan is None and family == "muon":  # Muon needs roles: the identity plan is standard
                 plan = axis.plan(make_model, shape, w, w)
@@ -243,7 +245,7 @@ def coord_check(
                 optimizer_family=optimizer_family,
                 init_law=init_law,
                 zero=zeroed,
-                seed=seed,
+                seed=run_seed,
                 device=device,
             )
             for name, value in _init_sizes(model, plans[w]).items():
@@ -252,7 +254,7 @@ def coord_check(
                 )
             extra = blocks.roots(w) if blocks and modules is None else ()
             measured = run(
-                model, opt, data, steps=steps, seed=seed, batch_size=batch_size, loss_fn=loss,
+                model, opt, data, steps=steps, seed=run_seed, batch_size=batch_size, loss_fn=loss,
                 patterns=modules, device=device, extra=extra,
             )  # fmt: skip
             if blocks:
@@ -296,7 +298,7 @@ def coord_check(
             functions,
             _init_strays(widths, inits, order),
         ),
-        settings={"base": base, "shape": shape, "width_key": axis.key, "batch_size": batch_size}
+        settings={"base": base, "shape": shape, "width_key": axis.key, "batch_size": batch_size, "seed": seed}
         | ({"residual": list(axis.residual), "alpha": axis.alpha} if blocks else {}),
         axis=axis.name,
     )

@@ -87,8 +87,8 @@ def run(
         if name not in first:
             first[name] = value
             out.order.append(name)
-            if last and name in out.kinds and out.kinds[name] in ("stream", "block", "model"):
-                out.previous[name] = last[-1]
+            if last and out.kinds.get(name) in ("stream", "model") and name not in out.previous:
+                out.previous[name] = last[-1]  # what ran just before: a factor between would be in a forward
         elif first[name].shape == value.shape:
             values["change"] = _rms(value - first[name])
         for measure in MEASURES:
@@ -126,8 +126,10 @@ def run(
     for name, module in watched.items():
         if isinstance(module, AttentionLogits):
             out.kinds[name], out.functions[name] = "attention", "logits"
-    for name, _, where in streams:
+    for (before, _, _), (name, _, where) in zip([(None, None, None), *streams], streams, strict=False):
         out.kinds[name] = "stream" if where == "pre" else "block"
+        if where == "post":  # a block's output against its input: the stream it adds its branches to
+            out.previous[name] = before
     out.kinds[OUTPUT] = "model"
 
     probe = fetch(data, 0, batch_size, seed=seed, device=device)

@@ -91,7 +91,7 @@ def judge(
                 status = "vanishes"
             else:
                 status = "ok"
-        reason = _own_fault(status, kind, worst, s, moved, threshold, axis)
+        reason = _own_fault(status, kind, worst, s, moved, stray, threshold, axis)
         if reason is None and status in ("grows", "vanishes") and abs(_finite(stray)) > threshold:
             reason = f"param:{param}:{stray:+.2f}"
         shown = {m: (low[m] if status == "vanishes" and m in low else worst[m]) for m in worst}
@@ -141,17 +141,20 @@ def _inside_blocks(name: str, kind: str, axis: str) -> bool:
     return axis == "depth" and "*" in name and kind != "block"
 
 
-def _own_fault(status, kind, worst, s, moved, threshold, axis) -> str | None:
+def _own_fault(status, kind, worst, s, moved, stray, threshold, axis) -> str | None:
     """What a failing point does itself, if anything; None: it inherits the fault."""
     if status == "grows":
         if _finite(worst["scale"]) > threshold:
             return "scale"
+        at_init = _finite(s["rms"][0]) - _finite(s["input"][0]) > threshold
+        if kind not in _FREE and at_init and abs(_finite(stray)) <= threshold:
+            return "inside"  # its weights are muP's, its output is not: a factor in its own forward
         if _finite(worst["update"]) > threshold:
             return "update"
         if kind in _FREE:
             return "forward" if _finite(_extreme(moved, max)) > threshold else None
-        if _finite(s["rms"][0]) - _finite(s["input"][0]) > threshold:
-            return "init"
+        if _finite(s["rms"][0]) - _finite(s["input"][0]) > threshold:  # larger than its input at init
+            return "init" if abs(_finite(stray)) > threshold else "inside"
     elif status == "vanishes":
         if _finite(_extreme(s["update"], min)) < -threshold and axis == "width":
             return "vanish"
@@ -200,6 +203,12 @@ def _hint(kind: str, reason: str, function: str, previous: str, name: str) -> st
             f"the init of {param} {way} with width than muP's (width**{stray} against muP's law): "
             "e.g. a bias left at U(+-1/sqrt(fan_in)), or a std the plan took for another law. Fix: "
             "plan.init_ on a freshly built model; pass init_law= only if it says what your init does."
+        )
+    if reason == "inside":
+        return (
+            "its output grows with width from the start while its weights follow muP's init: a factor "
+            "inside its forward (e.g. an embedding that multiplies by sqrt(hidden_size), as Gemma's does). "
+            "Fix: keep the factor at its base-width value at every width, or drop it."
         )
     if reason == "init":
         return (

@@ -12,7 +12,7 @@ this factor, so the library looks for it instead of asking: ``intercept`` sees e
 computed through PyTorch (``F.scaled_dot_product_attention``, and ``nn.MultiheadAttention``
 through ``F.multi_head_attention_forward``) with a ``TorchFunctionMode``, and names the module
 that ran it. A plan runs one forward pass of the base and target models on the meta device under
-it (``find_sites``); a coordinate check runs its probe batches under it. Training never does, so
+it (``calls``, ``pair``); a coordinate check runs its probe batches under it. Training never does, so
 it costs nothing there.
 
 What a plan can fix exactly, ``Plan.attach_`` fixes (``fix_``): an ``nn.MultiheadAttention``,
@@ -42,7 +42,16 @@ from torch.overrides import TorchFunctionMode
 
 from mutransfer.scaling.roles import canonical_name
 
-__all__ = ["AttentionCall", "AttentionLogits", "AttentionSite", "attention_scale", "intercept"]
+__all__ = [
+    "AttentionCall",
+    "AttentionLogits",
+    "AttentionSite",
+    "attention_scale",
+    "calls",
+    "extrapolate",
+    "intercept",
+    "pair",
+]
 
 _FIXED = "_mutransfer_attention_fixed"  # set on a module by fix_: a second fix would scale twice
 _MHA_ARGS = inspect.signature(F.multi_head_attention_forward)
@@ -90,7 +99,7 @@ class AttentionCall:
     index: int
     d_head: int
     scale: float
-    attribute: bool = False  # the scale is the module's own ``scaling`` attribute
+    fix: str = ""  # how a plan can change it: "query" (an nn.MultiheadAttention), "scaling" (its attribute)
     q: torch.Tensor | None = None
     k: torch.Tensor | None = None
 
@@ -122,8 +131,12 @@ class _Interceptor(TorchFunctionMode):
             index = self.counts[f"{name}:{kind}"]
             self.counts[f"{name}:{kind}"] += 1
             scaling = getattr(module, "scaling", None)
-            attribute = isinstance(scaling, float) and math.isclose(scaling, scale, rel_tol=1e-9)
-            self.on_call(AttentionCall(name, kind, index, d_head, scale, attribute, q, k))
+            fix = ""
+            if kind == "mha" and isinstance(module, nn.MultiheadAttention):
+                fix = "query"
+            elif isinstance(scaling, float) and math.isclose(scaling, scale, rel_tol=1e-9):
+                fix = "scaling"
+            self.on_call(AttentionCall(name, kind, index, d_head, scale, fix, q, k))
         return func(*args, **kwargs)
 
     @contextlib.contextmanager
@@ -259,24 +272,45 @@ class AttentionSite:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def find_sites(
-    base: nn.Module, target: nn.Module, example: Sequence[Any] | Mapping[str, Any]
+def calls(model: nn.Module, example: Sequence[Any] | Mapping[str, Any]) -> dict[tuple, AttentionCall]:
+    """The attention calls of one forward pass of ``example``, by (module, function, index)."""
+    seen: list[AttentionCall] = []
+    with intercept(model, seen.append), torch.no_grad():
+        model(**example) if isinstance(example, Mapping) else model(*example)
+    return {(c.module, c.function, c.index): c for c in seen}
+
+
+def pair(
+    base: Mapping[tuple, AttentionCall], target: Mapping[tuple, AttentionCall]
 ) -> tuple[AttentionSite, ...]:
-    """Run ``example`` (meta tensors) through the base and the target model (on meta) and pair
-    their attention calls: the head size and scale of each, and how a plan can fix it."""
-    calls = []
-    for model in (base, target):
-        seen: list[AttentionCall] = []
-        with intercept(model, seen.append), torch.no_grad():
-            model(**example) if isinstance(example, Mapping) else model(*example)
-        calls.append({(c.module, c.function, c.index): c for c in seen})
+    """Sites from the same calls at the base and at the target shape."""
+    return tuple(
+        AttentionSite(
+            t.module, t.function, base[key].d_head, t.d_head, base[key].scale, t.scale, t.fix, t.index
+        )
+        for key, t in target.items()
+        if key in base
+    )
+
+
+def extrapolate(
+    base: Mapping[tuple, AttentionCall], other: Mapping[tuple, AttentionCall], ratio: float, multiplier: float
+) -> tuple[AttentionSite, ...]:
+    """Sites at the target from calls at the base and at another width ``ratio`` times wider: the
+    head size as a power of the width, the scale as a power of the head size, carried to
+    ``multiplier`` times the base (when the target itself cannot run a forward pass)."""
     sites = []
-    for key, t in calls[1].items():
-        b = calls[0].get(key)
+    for key, o in other.items():
+        b = base.get(key)
         if b is None:
             continue
-        fix = "query" if t.function == "mha" else "scaling" if t.attribute else ""
-        sites.append(AttentionSite(t.module, t.function, b.d_head, t.d_head, b.scale, t.scale, fix, t.index))
+        d_power = math.log(o.d_head / b.d_head) / math.log(ratio)
+        d_target = round(b.d_head * multiplier**d_power)
+        scale_power = (
+            math.log(o.scale / b.scale) / math.log(o.d_head / b.d_head) if o.d_head != b.d_head else 0.0
+        )
+        scale = b.scale * (d_target / b.d_head) ** scale_power
+        sites.append(AttentionSite(o.module, o.function, b.d_head, d_target, b.scale, scale, o.fix, o.index))
     return tuple(sites)
 
 

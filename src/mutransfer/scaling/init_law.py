@@ -64,10 +64,13 @@ def measure(
     laws: dict[str, str] = {}
     unexplained: dict[str, float] = {}
     undecided: list[ParamRole] = []
+    by_name = {n: p for p in params for n in p.names}
     for p in params:
-        if p.role is Role.FIXED or p.name not in rms[0] or p.name not in rms[1]:
+        if p.name not in rms[0] or p.name not in rms[1]:
             continue
-        (b, n), (o, _) = rms[0][p.name], rms[1][p.name]
+        if p.role is Role.FIXED and _layer_fan_in(p, by_name) is None:
+            continue  # nothing of it scales, not even its layer's fan_in
+        (b, noise_b), (o, noise_o) = rms[0][p.name], rms[1][p.name]
         if b == 0.0 and o == 0.0:
             laws[p.name] = "zero"
             continue
@@ -75,47 +78,66 @@ def measure(
             unexplained[p.name] = math.inf if b == 0.0 else -math.inf
             continue
         exponent = math.log(o / b) / math.log(width_ratio)
-        # rms of n samples has a relative spread of about 0.75/sqrt(n); two of them, over the ratio
-        noise = 0.75 * math.sqrt(2.0 / n) / abs(math.log(width_ratio))
+        noise = math.hypot(noise_b, noise_o) / abs(math.log(width_ratio))
         fits = [law for law, e in LAWS.items() if abs(exponent - e) <= _TOLERANCE + 3 * noise]
         if len(fits) == 1:
             laws[p.name] = fits[0]
         elif fits:
-            undecided.append(p)  # too few entries to tell: as the tensors of its role do
+            undecided.append(p)  # too few entries to tell apart
         else:
             unexplained[p.name] = exponent
     by_role = {
         role: Counter(laws[p.name] for p in params if p.role is role and laws.get(p.name) in LAWS)
         for role in Role
     }
-    for p in undecided:
+    for p in undecided:  # a bias as PyTorch inits it (its layer's fan_in decides), else as its role's do
+        if p.name.endswith("bias") and _LINEAR_LIKE.search(p.layer):
+            laws[p.name] = "constant" if _layer_fan_in(p, by_name) is None else "fan_in"
+            continue
         common = by_role[p.role].most_common(1)
         laws[p.name] = common[0][0] if common else ("fan_in" if p.role is not Role.INPUT else "constant")
     return Measured(laws, unexplained)
 
 
-def user_growth(p: ParamRole, law: str, plan_params: Mapping[str, ParamRole]) -> float:
-    """How much the user's init std at the target exceeds the base's, under ``law``: a law name
-    from ``LAWS`` for this tensor, or a plan-wide ``"fan_in"`` / ``"constant"``.
+def user_growth(p: ParamRole, law: str, plan_params: Mapping[str, ParamRole], *, measured: bool) -> float:
+    """How much the user's init std at the target exceeds the base's under ``law``: this
+    tensor's measured law (``measured``), or a plan-wide ``"fan_in"`` / ``"constant"``.
 
-    Plan-wide ``"fan_in"`` is PyTorch's default: matrices shrink with their own fan_in, and so
-    does a Linear or Conv layer's bias, with its weight's (TP5 Table 3 holds every bias
-    Theta(1), as microsoft/mup does when it sets base shapes); other vectors and input tensors
-    keep their init."""
-    if law in ("zero", "constant"):
+    The fan that sets a tensor's law is its own fan_in for a matrix, and for a Linear or Conv
+    layer's bias its weight's: PyTorch's ``U(+-1/sqrt(fan_in))`` shrinks such a bias with the
+    layer's width even when the bias itself does not grow (a readout's). muP holds every bias
+    Theta(1) (TP5 Table 3 counts biases as input weights of fan_in 1; microsoft/mup rescales
+    them when it sets base shapes). Plan-wide ``"fan_in"`` takes other vectors and input
+    tensors as constant; a measured law applies to the tensor's own growth."""
+    if law in ("zero", "constant") or law not in LAWS:
         return 1.0
-    grown = p.m_in if p.role in (Role.HIDDEN, Role.OUTPUT) else p.m_out
-    if law != "fan_in" or p.role in (Role.HIDDEN, Role.OUTPUT):
-        return grown ** LAWS[law] if law in LAWS else 1.0
-    if p.role is Role.VECTOR and p.name.endswith("bias") and _LINEAR_LIKE.search(p.layer):
-        weight = plan_params.get(p.name[: -len("bias")] + "weight")
-        if weight is not None and weight.role in (Role.HIDDEN, Role.OUTPUT):
-            return weight.m_in**-0.5
-    return 1.0
+    if p.role in (Role.HIDDEN, Role.OUTPUT):
+        return p.m_in ** LAWS[law]
+    layer = _layer_fan_in(p, plan_params)
+    if layer is not None:
+        return layer ** LAWS[law]
+    return p.m_out ** LAWS[law] if measured else 1.0
 
 
-def _rms(t: torch.Tensor) -> tuple[float, int]:
-    return t.detach().float().pow(2).mean().sqrt().item(), t.numel()
+def _layer_fan_in(p: ParamRole, plan_params: Mapping[str, ParamRole]) -> float | None:
+    """For the bias of a Linear or Conv layer whose fan_in grows, that growth; else None."""
+    if (
+        p.role not in (Role.VECTOR, Role.FIXED)
+        or not p.name.endswith("bias")
+        or not _LINEAR_LIKE.search(p.layer)
+    ):
+        return None
+    weight = plan_params.get(p.name[: -len("bias")] + "weight")
+    return weight.m_in if weight is not None and weight.role in (Role.HIDDEN, Role.OUTPUT) else None
+
+
+def _rms(t: torch.Tensor) -> tuple[float, float]:
+    """The RMS of ``t``'s entries and its relative sampling error, from the spread of their squares."""
+    squares = t.detach().float().pow(2).flatten()
+    mean = squares.mean().item()
+    if mean == 0.0 or squares.numel() < 2:
+        return math.sqrt(mean), 0.0
+    return math.sqrt(mean), 0.5 * squares.std().item() / mean / math.sqrt(squares.numel())
 
 
 def check_measured(measured: Measured) -> None:

@@ -119,10 +119,11 @@ class Plan:
         """What ``init_`` multiplies the user's init of ``p`` by: muP's std at the target over what
         the user's init already does there (``init_law``: default the plan's)."""
         law = check_init_law(init_law or self.init_law)
-        if law == "measured":
+        measured = law == "measured"
+        if measured:
             law = self.init_laws.get(p.name, "constant")
         by_name = {n: q for q in self.params for n in q.names}
-        return self.factors(p)[0] / user_growth(p, law, by_name)
+        return self.factors(p)[0] / user_growth(p, law, by_name, measured=measured)
 
     def attention_fixes(self) -> tuple[AttentionSite, ...]:
         """The attention sites ``attach_`` makes muP (queries or ``scaling`` multiplied)."""

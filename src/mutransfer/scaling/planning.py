@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from mutransfer.errors import MutransferError, MutransferWarning
-from mutransfer.scaling.attention import AttentionSite, find_sites, static_sites
+from mutransfer.scaling.attention import AttentionSite, calls, extrapolate, pair, static_sites
 from mutransfer.scaling.depth import check_depth_arguments, find_depth
 from mutransfer.scaling.init_law import check_measured, measure
 from mutransfer.scaling.plan import Plan, check_init_law, match_patterns
@@ -114,7 +114,7 @@ def plan(
     laws: dict[str, str] = {}
     if declared == "measured":
         declared, laws = _measure_init(make_model, measured_at, built, notes)
-    sites = _find_attention(models, example, notes)
+    sites = _find_attention(make_model, models, measured_at, built.width_multiplier, example, notes)
     if not fix_attention and sites:
         sites = tuple(replace(s, fix="") for s in sites)
     built = replace(built, init_law=declared, init_laws=laws, attention=sites, notes=tuple(notes))
@@ -252,9 +252,18 @@ def _measure_init(
 
 # ---- the attention -----------------------------------------------------------------------------
 def _find_attention(
-    models: list[nn.Module], example: Any, notes: list[str]
+    make_model: Callable[..., nn.Module],
+    models: list[nn.Module],
+    small: tuple[dict, dict],
+    multiplier: float,
+    example: Any,
+    notes: list[str],
 ) -> tuple[AttentionSite, ...] | None:
-    """The attention sites of base and target, or None (with a note) when no forward could run."""
+    """The attention sites of base and target, or None (with a note) when no forward could run.
+
+    One forward pass on the meta device at base and target; where the model's forward needs
+    tensor values (Hugging Face's mask code reads them), the same pass on the CPU at the two
+    small shapes the init law is measured at, carried to the target's width."""
     static = static_sites(*models)
     if example is None:
         example = _guess_example(models[0])
@@ -265,15 +274,45 @@ def _find_attention(
         )
         return static or None
     try:
-        sites = find_sites(models[0], models[1], _on_meta(example))
-    except Exception as exc:  # user code on meta tensors: say so, the coordinate check still sees it
-        notes.append(
-            f"attention not inspected: the forward pass on the meta device failed ({type(exc).__name__}: "
-            f"{str(exc)[:120]}); the coordinate check still sees every attention"
-        )
-        return static or None
+        sites = pair(calls(models[0], _on(example, "meta")), calls(models[1], _on(example, "meta")))
+    except Exception as meta_failure:
+        try:
+            sites = _attention_on_cpu(make_model, small, multiplier, example, models[1])
+        except Exception as exc:  # user code: say so, the coordinate check still sees every attention
+            notes.append(
+                f"attention not inspected: a forward pass failed on the meta device "
+                f"({type(meta_failure).__name__}: {str(meta_failure)[:100]}) and on the CPU "
+                f"({type(exc).__name__}: {str(exc)[:100]}); the coordinate check still sees every attention"
+            )
+            return static or None
     found = {s.name for s in sites}
     return tuple(sites) + tuple(s for s in static if s.name not in found)
+
+
+def _attention_on_cpu(
+    make_model: Callable[..., nn.Module],
+    small: tuple[dict, dict],
+    multiplier: float,
+    example: Any,
+    target: nn.Module,
+) -> tuple[AttentionSite, ...]:
+    """Sites from real forward passes at two small shapes, carried to the target; the deeper blocks
+    of a deeper target follow their first blocks' namesakes."""
+    layouts = [parameter_layout(model_on_meta(make_model, s)) for s in small]
+    ratio, _ = infer_roles(layouts[0], layouts[1], None, {})
+    found = []
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        for shape in small:
+            torch.manual_seed(0)
+            found.append(calls(make_model(**shape), _on(example, "cpu")))
+    sites = {s.module: s for s in extrapolate(found[0], found[1], ratio, multiplier)}
+    by_pattern = {_INDEX.sub("#", s.module): s for s in sites.values()}
+    for name, _ in target.named_modules():
+        name = canonical_name(name)
+        twin = by_pattern.get(_INDEX.sub("#", name))
+        if twin is not None and name not in sites:
+            sites[name] = replace(twin, module=name)
+    return tuple(sites.values())
 
 
 def _guess_example(model: nn.Module) -> Any:
@@ -286,12 +325,13 @@ def _guess_example(model: nn.Module) -> Any:
     return None
 
 
-def _on_meta(example: Any) -> Any:
+def _on(example: Any, device: str) -> Any:
+    """The example's tensors on ``device``, as positional or keyword inputs."""
     if isinstance(example, torch.Tensor):
-        return (example.to("meta"),)
+        return (example.to(device),)
     if isinstance(example, Mapping):
-        return {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in example.items()}
-    return tuple(v.to("meta") if isinstance(v, torch.Tensor) else v for v in example)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in example.items()}
+    return tuple(v.to(device) if isinstance(v, torch.Tensor) else v for v in example)
 
 
 def _warn_attention(built: Plan) -> None:
