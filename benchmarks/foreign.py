@@ -9,6 +9,7 @@ Each takes its width as ``width`` and a few switches that plant the faults users
   (``base_d_head`` gives muP's ``1/d_head``; without it the usual ``1/sqrt(d_head)``); a factor in
   ``forward`` on the embeddings or on the logits; a readout tied by ``F.linear`` in ``forward``;
 - ``MHATransformer``: ``nn.TransformerEncoderLayer`` blocks (``nn.MultiheadAttention`` inside);
+- ``ViT``: a vision transformer of the same blocks on image patches;
 - ``CNN``: convolutions whose channel count is the width, a linear readout.
 """
 
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["CNN", "MLP", "MHATransformer", "Transformer"]
+__all__ = ["CNN", "MLP", "MHATransformer", "Transformer", "ViT"]
 
 
 class MLP(nn.Module):
@@ -131,6 +132,33 @@ class MHATransformer(nn.Module):
         for block in self.blocks:
             x = block(x, src_mask=mask, is_causal=True)
         return self.head(self.norm(x))
+
+
+class ViT(nn.Module):
+    """A vision transformer: 4x4 patches by a strided ``Conv2d``, a class token and position table,
+    ``nn.TransformerEncoderLayer`` blocks (``nn.MultiheadAttention``), the class token read out."""
+
+    def __init__(self, width: int = 32, depth: int = 2, heads: int = 4, image: int = 28, patch: int = 4,
+                 in_channels: int = 1, num_classes: int = 10):  # fmt: skip
+        super().__init__()
+        self.patches = nn.Conv2d(in_channels, width, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, width) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                width, heads, 2 * width, dropout=0.0, batch_first=True, norm_first=True
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patches(x).flatten(2).transpose(1, 2)  # (B, patches, width)
+        x = torch.cat([self.cls.expand(len(x), -1, -1), x], dim=1) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
 
 
 class CNN(nn.Module):

@@ -131,8 +131,11 @@ def attention_truth(model_type: str, plan) -> str:
         if p is not None:
             p.init_(model)
         SEEN.clear()
-        with torch.no_grad():
-            model(torch.zeros(1, 8, dtype=torch.long))
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 8, dtype=torch.long))
+        except Exception as exc:
+            return f"unknown: the forward failed ({type(exc).__name__})"
         if not SEEN:
             return "not through the interface"
         scale, d = SEEN[0]
@@ -142,16 +145,22 @@ def attention_truth(model_type: str, plan) -> str:
 
 @contextlib.contextmanager
 def time_limit(seconds: int) -> Iterator[None]:
+    """Raise TimeoutError in the block after ``seconds``; nests (an outer limit keeps running)."""
+
     def stop(signum, frame):
         raise TimeoutError(f"over {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, stop)
-    signal.alarm(seconds)
+    start, outer = time.monotonic(), signal.alarm(seconds)
+    if outer and outer < seconds:  # the outer limit comes first: keep it
+        signal.alarm(outer)
     try:
         yield
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+        if outer:
+            signal.alarm(max(1, round(outer - (time.monotonic() - start))))
 
 
 def one(model_type: str, data, limit: int) -> dict:
@@ -163,6 +172,16 @@ def one(model_type: str, data, limit: int) -> dict:
     except Exception as exc:
         return row | {"stage": "build", "reason": f"{type(exc).__name__}: {str(exc)[:160]}"}
     row["builds"] = True
+    for width in (BASE, TARGET):  # the tiny config itself must run: a family's quirks are not muP's
+        try:
+            with torch.no_grad():
+                family(width)(torch.zeros(1, 8, dtype=torch.long))
+        except Exception as exc:
+            return row | {
+                "stage": "forward",
+                "reason": f"width {width}: {type(exc).__name__}: {str(exc)[:160]}",
+            }
+    row["runs"] = True
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -182,7 +201,10 @@ def one(model_type: str, data, limit: int) -> dict:
         for s in plan.attention or ()
     ]
     row["attention_unfixed"] = any(not s.is_mup and not s.fix for s in plan.attention or ())
-    row["attention_truth"] = attention_truth(model_type, plan)
+    try:
+        row["attention_truth"] = attention_truth(model_type, plan)
+    except Exception as exc:  # a family's own quirk must not stop the survey
+        row["attention_truth"] = f"unknown: {type(exc).__name__}: {str(exc)[:100]}"
     for parametrization in ("mup", "sp"):
         start = time.monotonic()
         try:
@@ -211,7 +233,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--only", nargs="+", help="these model types")
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
-    parser.add_argument("--limit", type=int, default=240, help="seconds per coordinate check (default 240)")
+    parser.add_argument("--limit", type=int, default=60, help="seconds per coordinate check (default 60)")
+    parser.add_argument("--shard", help="K/N: every N-th family from the K-th (run N at once, then --merge)")
+    parser.add_argument("--merge", type=int, metavar="N", help="merge the N shard files into zoo.json")
     args = parser.parse_args()
     transformers = transformers_module()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -221,15 +245,30 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     data = first_available("stdlib", block_size=32)
+    if args.merge:
+        merged = [json.loads((out / f"zoo-{k}-of-{args.merge}.json").read_text()) for k in range(args.merge)]
+        rows = sorted((r for m in merged for r in m["rows"]), key=lambda r: r["model_type"])
+        seconds = sum(m["seconds_this_run"] for m in merged)
+        record = {**merged[0], "rows": rows, "counts": counts(rows), "seconds_all_shards": seconds}
+        (out / "zoo.json").write_text(json.dumps(record, indent=1, default=str))
+        print(json.dumps(counts(rows), indent=1))
+        return
     types = args.only or (QUICK if args.quick else sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))
+    name = "zoo-quick.json" if args.quick else "zoo.json" if not args.only else "zoo-only.json"
+    if args.shard:
+        k, n = (int(x) for x in args.shard.split("/"))
+        types, name = types[k::n], f"zoo-{k}-of-{n}.json"
     rows = []
     for i, model_type in enumerate(types):
-        row = one(model_type, data, args.limit)
+        try:
+            with time_limit(4 * args.limit):  # a family's plan and both checks together
+                row = one(model_type, data, args.limit)
+        except TimeoutError as exc:
+            row = {"model_type": model_type, "stage": "timeout", "reason": str(exc)}
         rows.append(row)
         print(f"[{i + 1}/{len(types)}] {model_type:28s} {_line(row)}", flush=True)
         record = {**provenance(start), "transformers": transformers.__version__, "widths": WIDTHS,
                   "base": BASE, "target": TARGET, "rows": rows, "counts": counts(rows)}  # fmt: skip
-        name = "zoo-quick.json" if args.quick else "zoo.json" if not args.only else "zoo-only.json"
         (out / name).write_text(json.dumps(record, indent=1, default=str))
     print(json.dumps(counts(rows), indent=1))
     print(f"results in {out / name} ({time.monotonic() - start:.0f} s)")
@@ -261,6 +300,7 @@ def counts(rows: list[dict]) -> dict:
     for r in rows:
         c["families"] += 1
         c["build from a tiny config"] += bool(r.get("builds"))
+        c["run at base and target width"] += bool(r.get("runs"))
         c["plan"] += bool(r.get("plans"))
         c["plan refused loudly"] += "refused" in r
         c["plan crashed"] += "crashed" in r

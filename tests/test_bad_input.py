@@ -21,15 +21,15 @@ from torch import nn
 import mutransfer
 from mutransfer.data import TokenData
 from mutransfer.demo import DemoResult
-from mutransfer.models import MLP
+from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
 DIGITS = {"in_features": 64, "out_features": 10}
 SWEEP_TOML = """factory = "{factory}"
 data = "digits"
-proxy = {{ width = 16 }}
-target = {{ width = 32 }}
+proxy = {proxy}
+target = {target}
 steps = 2
 trials = 1
 [space]
@@ -70,10 +70,47 @@ def unchanged(path: Path, fn: Callable[[], str]) -> str:
     return text
 
 
-def sweep_file(tmp_path: Path, factory: str = "mutransfer.models:MLP", lr: str = "[0.01, 0.1]") -> Path:
+def sweep_file(
+    tmp_path: Path,
+    factory: str = "mutransfer.models:MLP",
+    lr: str = "[0.01, 0.1]",
+    proxy: str = "{ width = 16 }",
+    target: str = "{ width = 32 }",
+) -> Path:
     path = tmp_path / "s.toml"
-    path.write_text(SWEEP_TOML.format(factory=factory, lr=lr))
+    path.write_text(SWEEP_TOML.format(factory=factory, lr=lr, proxy=proxy, target=target))
     return path
+
+
+def every_number_refused() -> str:
+    """nan, inf and a negative number, for each of the plan's numbers: each one refused."""
+    texts = []
+    for key in ("lr", "weight_decay", "eps"):
+        for bad in (math.nan, math.inf, -1.0):
+            numbers = {"lr": 1e-3, key: bad}
+            texts.append(message(lambda numbers=numbers: plan_mlp().param_groups(MLP(width=64), **numbers)))
+            assert f"{key} must be a finite number >= 0, got {bad!r}" in texts[-1]
+    return " ".join(texts)
+
+
+def warned(fn: Callable[[], object]) -> str:
+    with pytest.warns(mutransfer.errors.MutransferWarning) as caught:
+        fn()
+    return " ".join(str(w.message) for w in caught)
+
+
+def narrow_factory(d_model: int) -> nn.Module:  # its width keyword is not "width"
+    return MLP(width=d_model, in_features=64)
+
+
+def bfloat16_mlp(width: int, in_features: int = 64, out_features: int = 10) -> nn.Module:
+    return MLP(width=width, in_features=in_features, out_features=out_features).to(torch.bfloat16)
+
+
+def frozen_init() -> None:
+    model = MLP(width=64)
+    model.input.weight.requires_grad_(False)
+    plan_mlp().init_(model)
 
 
 def reads_item(width: int) -> nn.Module:
@@ -110,7 +147,28 @@ CASES: dict[str, Callable[[Path], str]] = {
     "no-width": lambda t: message(
         lambda: mutransfer.plan(lambda width: nn.Linear(4, 4), base={"width": 8}, target={"width": 16})
     ),
-    "lr-plan": lambda t: message(lambda: plan_mlp().param_groups(MLP(width=64), lr=math.nan)),
+    "lr-plan": lambda t: every_number_refused(),
+    "factory-keyword": lambda t: message(
+        lambda: mutransfer.plan(MLP, base={"widht": 8}, target={"widht": 16})
+    ),
+    "factory-value": lambda t: message(
+        lambda: mutransfer.plan(GPT, base={"width": 30}, target={"width": 60})
+    ),
+    "width-key": lambda t: message(
+        lambda: mutransfer.coord_check(narrow_factory, widths=[16, 32, 64], data=mutransfer.data.digits())
+    ),
+    "model-data": lambda t: cli(t, "coord-check", "mutransfer.models:ResNet", "--steps", "1", "--seeds", "1"),
+    "model-dtype": lambda t: message(
+        lambda: mutransfer.coord_check(
+            bfloat16_mlp, widths=[16, 32, 64], data=mutransfer.data.digits(), shape=DIGITS, steps=1, seeds=1
+        )
+    ),
+    "validate-keyword": lambda t: cli(t, "validate", str(sweep_file(t, proxy="{ widht = 16 }"))),
+    "validate-value": lambda t: cli(t, "validate", str(sweep_file(t, proxy='{ width = "16" }'))),
+    "narrower-target": lambda t: cli(
+        t, "validate", str(sweep_file(t, proxy="{ width = 32 }", target="{ width = 8 }"))
+    ),
+    "frozen": lambda t: warned(frozen_init),
     "lr-grid": lambda t: message(
         lambda: mutransfer.grid(
             MLP, widths=[16, 32], lrs=[1e-3, 1e-2, math.inf], data=mutransfer.data.digits()

@@ -227,3 +227,14 @@ def test_a_model_that_fails_on_the_data_says_so(text):
 def test_a_check_below_the_reliable_setting_warns(images):
     with pytest.warns(mutransfer.errors.MutransferWarning, match="1 seed"):
         check(MLP, images, widths=[32, 64, 128], steps=2, seeds=1, batch_size=32)
+
+
+def test_a_vision_transformer_with_multihead_attention_as_a_new_user_would(images):
+    from foreign import ViT
+
+    plan = mutransfer.plan(ViT, base={"width": 32}, target={"width": 128})
+    assert {(s.law, s.fix) for s in plan.attention} == {("1/sqrt(d_head)", "query")}
+    assert "queries x0.5" in plan.summary()
+    assert check(ViT, images, widths=[32, 64, 128, 256], batch_size=8).passed
+    found = causes(check(ViT, images, widths=[32, 64, 128, 256], batch_size=8, parametrization="sp"))
+    assert "nn.MultiheadAttention" in found["blocks.0.self_attn.mha"]

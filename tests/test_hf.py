@@ -198,3 +198,24 @@ def test_depth_plans_absorb_the_branch_multiplier_into_the_last_layers(make):
     ends = [p.name for p in plan.params if plan.depth.place(p.name) == "branch end"]
     per_branch = 2 if make is gpt2 else 1  # GPT-2's c_proj has a bias, which takes the multiplier too
     assert len(ends) == 4 * 2 * per_branch  # 4 blocks, 2 branches each
+
+
+def raw_gpt2(width: int, vocab_size: int = 256, block_size: int = 32):
+    """transformers' GPT-2 as a new user writes the factory: nothing of mutransfer.hf."""
+    config = transformers.GPT2Config(
+        n_embd=width, n_layer=2, n_head=4, vocab_size=vocab_size, n_positions=block_size,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(config)
+
+
+def test_a_raw_gpt2_factory_gets_muP_from_the_plan_and_passes_the_check():
+    """The init law is measured (transformers' constant 0.02, not fan_in) and the attention's
+    `scaling` is found through SDPA and made 1/d_head: no argument needed."""
+    data = mutransfer.data.stdlib(block_size=32)
+    settings = dict(widths=[32, 64, 128, 256], data=data, steps=3, seeds=2)
+    mup = mutransfer.coord_check(raw_gpt2, **settings)
+    assert mup.passed, mup.table()
+    standard = mutransfer.coord_check(raw_gpt2, parametrization="sp", **settings)
+    causes = {m.name for m in standard.failures if m.cause}
+    assert {"lm_head", "transformer.h.0.attn.sdpa"} <= causes, standard.table()

@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -619,6 +620,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:  # commands with work to keep say where it is; this is the rest
             print("\ninterrupted", file=sys.stderr)
             return 130
+        except Exception:  # not the input's fault: a bug, shown whole; 1 stays "the check failed"
+            traceback.print_exc()
+            print("mutransfer: internal error (the traceback above); please report it", file=sys.stderr)
+            return 3
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from torch import nn
 from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
+from mutransfer.factory import construct
 from mutransfer.files import load_json, save_json
 from mutransfer.scaling.planning import init_law_of
 from mutransfer.train import (
@@ -595,8 +596,7 @@ class _Clock:
 
 
 def _parameter_count(make_model: Callable[..., nn.Module], shape: Mapping[str, Any]) -> int:
-    with torch.device("meta"):  # shapes only: no memory, no init
-        return sum(p.numel() for p in make_model(**shape).parameters())
+    return sum(p.numel() for p in construct(make_model, shape).parameters())  # on meta: shapes only
 
 
 def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
+from mutransfer.factory import construct
 from mutransfer.optim import OPTIMIZERS, lookup
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import plan as make_plan
@@ -249,7 +250,7 @@ def build(
     builder, family = optimizer_class(optimizer, optimizer_family)
     check_device(device)
     torch.manual_seed(seed)
-    model = make_model(**shape).to(device)
+    model = construct(make_model, shape, "cpu").to(device)
     init, lr_scale = role_multipliers(init_scale, input_mult, output_mult, family)
     if plan is not None:
         plan.init_(model, init_law=init_law, zero=zero, scale=init)

@@ -140,13 +140,13 @@ def run(
             torch.no_grad(),
         ):
             output = _forward(model, probe[0], data)
-            loss = loss_fn(output, probe[1]).item()
+            loss = _loss(loss_fn, output, probe[1]).item()
         out.losses.append(loss)
         if step == steps:
             break
         x, y = fetch(data, step + 1, batch_size, seed=seed, device=device)
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(_forward(model, x, data), y).backward()
+        _loss(loss_fn, _forward(model, x, data), y).backward()
         optimizer.step()
     return out
 
@@ -205,6 +205,24 @@ def _forward(model: nn.Module, x: torch.Tensor, data: Batches) -> Any:
             f"{x.dtype}, and {type(model).__name__}.forward raised {type(exc).__name__}: {exc}. Fix: check "
             "that the data suits the model (text for a language model, images of the size it expects; "
             "--data / data=), that its dtype matches the model's, and that shape= sets the keywords it needs."
+        ) from exc
+
+
+def _loss(
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor], output: Any, target: torch.Tensor
+) -> torch.Tensor:
+    """The loss; one that cannot take this output names both shapes."""
+    try:
+        return loss_fn(output, target)
+    except (MutransferError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        got = _first_tensor(output)
+        shape = tuple(got.shape) if got is not None else type(output).__name__
+        raise MutransferError(
+            f"the loss failed on the model's output: output {shape}, targets {tuple(target.shape)}: "
+            f"{type(exc).__name__}: {exc}. Fix: a loss= that takes this model's output, or data whose "
+            "targets match it (classes (B,) for logits (B, classes); tokens (B, T) for (B, T, vocab))."
         ) from exc
 
 

@@ -75,7 +75,9 @@ def judge(
         worst = {m: _extreme(s[m], max) for m in ("rms", "change", "update")}
         worst["scale"] = s["scale"][0]
         param, stray = inits.get(name, ("", math.nan))
-        low = {m: _extreme(s[m], min) for m in ("change", "update")}
+        # shrinking is judged after the last step: one step's update is noisy, and a layer whose
+        # learning rate is scaled down too far shrinks at every step, the last included
+        low = {m: s[m][-1] for m in ("change", "update")}
         prev = all_slopes.get(previous.get(name, ""))
         # a point no module owns moves against the point before it: a factor in a forward pass
         moved = _relative(s["change"], prev["change"]) if kind in _FREE and prev else [math.nan]
@@ -87,7 +89,7 @@ def judge(
                 status = "grows"
             # over depth a block's own share shrinks like 1/L by design (CompleteP's branch multiplier)
             elif min(_finite(v) for v in [low["update"] if axis == "width" else math.nan,
-                                          _extreme(moved, min), stray]) < -threshold:  # fmt: skip
+                                          moved[-1], stray]) < -threshold:  # fmt: skip
                 status = "vanishes"
             else:
                 status = "ok"
@@ -156,9 +158,9 @@ def _own_fault(status, kind, worst, s, moved, stray, threshold, axis) -> str | N
         if _finite(s["rms"][0]) - _finite(s["input"][0]) > threshold:  # larger than its input at init
             return "init" if abs(_finite(stray)) > threshold else "inside"
     elif status == "vanishes":
-        if _finite(_extreme(s["update"], min)) < -threshold and axis == "width":
+        if _finite(s["update"][-1]) < -threshold and axis == "width":
             return "vanish"
-        if kind in _FREE and _finite(_extreme(moved, min)) < -threshold:
+        if kind in _FREE and _finite(moved[-1]) < -threshold:
             return "forward"
     return None
 

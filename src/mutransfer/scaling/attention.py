@@ -113,16 +113,27 @@ class AttentionCall:
 class _Interceptor(TorchFunctionMode):
     """Records attention calls with the module that ran them (a stack kept by global module hooks)."""
 
-    def __init__(self, model: nn.Module, on_call: Callable[[AttentionCall], None], tensors: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        on_call: Callable[[AttentionCall], None],
+        tensors: bool,
+        linear: set[str] | None,
+    ) -> None:
         super().__init__()
         self.names = {id(m): canonical_name(n) for n, m in model.named_modules()}
-        self.on_call, self.tensors = on_call, tensors
+        self.on_call, self.tensors, self.linear = on_call, tensors, linear
+        self.params = {id(p): canonical_name(n) for n, p in model.named_parameters(remove_duplicate=False)}
         self.stack: list[nn.Module] = []
         self.counts: Counter[str] = Counter()
         self.paused = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.linear is not None and func is F.linear:  # a weight used as (out, in) whatever holds it
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            if id(weight) in self.params:
+                self.linear.add(self.params[id(weight)])
         if not self.paused and func in (F.scaled_dot_product_attention, F.multi_head_attention_forward):
             module = next((m for m in reversed(self.stack) if id(m) in self.names), None)
             read = _read_sdpa if func is F.scaled_dot_product_attention else _read_mha
@@ -151,12 +162,17 @@ class _Interceptor(TorchFunctionMode):
 
 @contextlib.contextmanager
 def intercept(
-    model: nn.Module, on_call: Callable[[AttentionCall], None], *, tensors: bool = False
+    model: nn.Module,
+    on_call: Callable[[AttentionCall], None],
+    *,
+    tensors: bool = False,
+    linear: set[str] | None = None,
 ) -> Iterator[_Interceptor]:
     """Call ``on_call`` for every attention ``model`` computes through PyTorch inside the block;
-    ``tensors=True`` hands over q and k too (detached). Costs a Python call per torch function
-    while active: used only by plans and checks, never in training."""
-    mode = _Interceptor(model, on_call, tensors)
+    ``tensors=True`` hands over q and k too (detached); ``linear`` collects the names of the
+    parameters used as an ``F.linear`` weight. Costs a Python call per torch function while
+    active: used only by plans and checks, never in training."""
+    mode = _Interceptor(model, on_call, tensors, linear)
 
     def enter(module: nn.Module, args: tuple) -> None:
         mode.stack.append(module)
@@ -272,10 +288,13 @@ class AttentionSite:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def calls(model: nn.Module, example: Sequence[Any] | Mapping[str, Any]) -> dict[tuple, AttentionCall]:
-    """The attention calls of one forward pass of ``example``, by (module, function, index)."""
+def calls(
+    model: nn.Module, example: Sequence[Any] | Mapping[str, Any], linear: set[str] | None = None
+) -> dict[tuple, AttentionCall]:
+    """The attention calls of one forward pass of ``example``, by (module, function, index);
+    ``linear`` collects the parameters used as ``F.linear`` weights on the way."""
     seen: list[AttentionCall] = []
-    with intercept(model, seen.append), torch.no_grad():
+    with intercept(model, seen.append, linear=linear), torch.no_grad():
         model(**example) if isinstance(example, Mapping) else model(*example)
     return {(c.module, c.function, c.index): c for c in seen}
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mutransfer.errors import MutransferError
+from mutransfer.factory import construct
 from mutransfer.scaling.roles import ParamRole, Role, canonical_name
 
 __all__ = ["LAWS", "Measured", "check_measured", "measure", "user_growth"]
@@ -51,15 +52,14 @@ def measure(
     read each scaling tensor's law; a string says why it was not measured."""
     sizes = []
     for shape in shapes:
-        with torch.device("meta"):
-            sizes.append(sum(p.numel() for p in make_model(**shape).parameters()))
+        sizes.append(sum(p.numel() for p in construct(make_model, shape).parameters()))
     if sum(sizes) > _MAX_PARAMETERS:
         return f"the models to measure it on hold {sum(sizes):,} parameters"
     rms = []
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         for shape in shapes:
             torch.manual_seed(0)
-            model = make_model(**shape)
+            model = construct(make_model, shape, "cpu")
             rms.append({canonical_name(n): _rms(t) for n, t in model.named_parameters()})
     laws: dict[str, str] = {}
     unexplained: dict[str, float] = {}

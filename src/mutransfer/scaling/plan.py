@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -35,7 +36,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from mutransfer.errors import MutransferError, check_number
+from mutransfer.errors import MutransferError, MutransferWarning, check_number
 from mutransfer.files import check_format, load_json, save_json
 from mutransfer.scaling.attention import AttentionSite, fix_, fixed_modules
 from mutransfer.scaling.depth import Depth
@@ -171,9 +172,12 @@ class Plan:
                 "checkpoint, call plan.attach_(model) only)."
             )
         zeroed = match_patterns(zero, [n for p in self.params for n in p.names], "zero")
+        _say_frozen(tensors, "init_ leaves them as they are")
         with torch.no_grad():
             for p in self.params:
                 t = tensors[p.name]
+                if not t.requires_grad:
+                    continue
                 if any(n in zeroed for n in p.names):
                     t.zero_()
                     continue
@@ -245,6 +249,7 @@ class Plan:
         )
         role_lr = _role_factors(lr_scale, "lr_scale")
         tensors = self._tensors(model)
+        _say_frozen(tensors, "param_groups gives the optimizer none of them")
         grouped: dict[tuple, dict[str, Any]] = {}
         for p in self.params:
             t = tensors[p.name]
@@ -502,6 +507,19 @@ def match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set[
             )
         matched |= hits
     return matched
+
+
+def _say_frozen(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """A frozen tensor (``requires_grad=False``) is the user's to keep: say what happens to it."""
+    frozen = [n for n, t in tensors.items() if not t.requires_grad]
+    if frozen:
+        warnings.warn(
+            f"{len(frozen)} tensor(s) are frozen (requires_grad=False): {', '.join(frozen[:5])}"
+            f"{' ...' if len(frozen) > 5 else ''}; {what}. Unfreeze them before planning to train them "
+            "under muP.",
+            MutransferWarning,
+            stacklevel=3,
+        )
 
 
 def _role_factors(factors: Mapping[str, float] | None, what: str) -> dict[str, float]:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from mutransfer.errors import MutransferError, MutransferWarning
+from mutransfer.factory import construct
 from mutransfer.scaling.attention import AttentionSite, calls, extrapolate, pair, static_sites
 from mutransfer.scaling.depth import check_depth_arguments, find_depth
 from mutransfer.scaling.init_law import check_measured, measure
@@ -37,9 +38,10 @@ from mutransfer.scaling.roles import (
     Role,
     canonical_name,
     infer_roles,
-    model_on_meta,
+    mark_linear,
     parameter_layout,
     tied_readouts,
+    width_multiplier,
 )
 
 __all__ = ["init_law_of", "plan", "plan_from_model"]
@@ -89,7 +91,7 @@ def plan(
         if probe is None and base == target:
             probe = _default_probe(base)
         wide_base, measured_at = base, _small_pair(base, probe or target)
-        models = [model_on_meta(make_model, s) for s in (base, target)]
+        models = [construct(make_model, s) for s in (base, target)]
     else:
         check_depth_arguments(depth, base, target, alpha)
         wide_base = {**base, depth: target[depth]}  # width roles compare two models of the target's depth
@@ -98,23 +100,27 @@ def plan(
         elif wide_base == target:
             probe = {**_default_probe(base, exclude=depth), depth: target[depth]}
         measured_at = _small_pair(base, {**(probe or target), depth: base[depth]})  # at the base depth
-        models = [model_on_meta(make_model, wide_base), model_on_meta(make_model, target)]
+        models = [construct(make_model, wide_base), construct(make_model, target)]
     found = None
     if depth is not None:  # the blocks first: their errors say more than a name mismatch would
         other_depth = base[depth] if base[depth] != target[depth] else target[depth] + 1
-        shallow = model_on_meta(make_model, {**target, depth: other_depth})
+        shallow = construct(make_model, {**target, depth: other_depth})
         found = find_depth(
             shallow, models[1], key=depth, base=base[depth], target=target[depth], alpha=alpha,
             residual=residual,
         )  # fmt: skip
     layouts = [parameter_layout(m) for m in models]
-    probe_layout = parameter_layout(model_on_meta(make_model, probe)) if probe is not None else None
-    built = replace(_build(layouts[0], layouts[1], probe_layout, overrides, base, target), depth=found)
     notes: list[str] = []
+    linear: set[str] = set()  # raw tensors the forward pass uses as F.linear weights: (out, in)
+    m = width_multiplier(layouts[0], layouts[1])
+    sites = _find_attention(make_model, models, measured_at, m, example, notes, linear)
+    layouts = [mark_linear(layout, linear) for layout in layouts]
+    probe_layout = parameter_layout(construct(make_model, probe)) if probe is not None else None
+    probe_layout = mark_linear(probe_layout, linear) if probe_layout is not None else None
+    built = replace(_build(layouts[0], layouts[1], probe_layout, overrides, base, target), depth=found)
     laws: dict[str, str] = {}
     if declared == "measured":
         declared, laws = _measure_init(make_model, measured_at, built, notes)
-    sites = _find_attention(make_model, models, measured_at, built.width_multiplier, example, notes)
     if not fix_attention and sites:
         sites = tuple(replace(s, fix="") for s in sites)
     built = replace(built, init_law=declared, init_laws=laws, attention=sites, notes=tuple(notes))
@@ -230,7 +236,7 @@ def _measure_init(
     """("measured", per-tensor laws), or ("fan_in", {}) with a note when it cannot be measured."""
     small, other = shapes
     try:
-        layouts = [parameter_layout(model_on_meta(make_model, s)) for s in shapes]
+        layouts = [parameter_layout(construct(make_model, s)) for s in shapes]
         ratio, params = infer_roles(layouts[0], layouts[1], None, {})
     except MutransferError as exc:
         notes.append(f"init law not measured ({exc}); taken as fan_in")
@@ -258,6 +264,7 @@ def _find_attention(
     multiplier: float,
     example: Any,
     notes: list[str],
+    linear: set[str],
 ) -> tuple[AttentionSite, ...] | None:
     """The attention sites of base and target, or None (with a note) when no forward could run.
 
@@ -274,10 +281,10 @@ def _find_attention(
         )
         return static or None
     try:
-        sites = pair(calls(models[0], _on(example, "meta")), calls(models[1], _on(example, "meta")))
+        sites = pair(calls(models[0], _on(example, "meta"), linear), calls(models[1], _on(example, "meta")))
     except Exception as meta_failure:
         try:
-            sites = _attention_on_cpu(make_model, small, multiplier, example, models[1])
+            sites = _attention_on_cpu(make_model, small, multiplier, example, models[1], linear)
         except Exception as exc:  # user code: say so, the coordinate check still sees every attention
             notes.append(
                 f"attention not inspected: a forward pass failed on the meta device "
@@ -295,16 +302,17 @@ def _attention_on_cpu(
     multiplier: float,
     example: Any,
     target: nn.Module,
+    linear: set[str],
 ) -> tuple[AttentionSite, ...]:
     """Sites from real forward passes at two small shapes, carried to the target; the deeper blocks
     of a deeper target follow their first blocks' namesakes."""
-    layouts = [parameter_layout(model_on_meta(make_model, s)) for s in small]
+    layouts = [parameter_layout(construct(make_model, s)) for s in small]
     ratio, _ = infer_roles(layouts[0], layouts[1], None, {})
     found = []
     with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         for shape in small:
             torch.manual_seed(0)
-            found.append(calls(make_model(**shape), _on(example, "cpu")))
+            found.append(calls(construct(make_model, shape, "cpu"), _on(example, "cpu"), linear))
     sites = {s.module: s for s in extrapolate(found[0], found[1], ratio, multiplier)}
     by_pattern = {_INDEX.sub("#", s.module): s for s in sites.values()}
     for name, _ in target.named_modules():

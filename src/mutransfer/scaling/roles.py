@@ -17,10 +17,9 @@ from __future__ import annotations
 import enum
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
-import torch
 from torch import nn
 
 from mutransfer.errors import MutransferError
@@ -31,10 +30,11 @@ __all__ = [
     "canonical_name",
     "infer_roles",
     "is_conv1d",
-    "model_on_meta",
+    "mark_linear",
     "parameter_layout",
     "tied_readouts",
     "unwrap",
+    "width_multiplier",
 ]
 
 # Segments that wrappers insert into parameter names (DDP / DataParallel, torch.compile,
@@ -89,25 +89,6 @@ def canonical_name(name: str) -> str:
     return ".".join(parts)
 
 
-def model_on_meta(make_model: Callable[..., nn.Module], shape: Mapping[str, object]) -> nn.Module:
-    """Build ``make_model(**shape)`` on the meta device: shapes only, no memory, no init compute."""
-    try:
-        with torch.device("meta"):
-            model = make_model(**shape)
-    except Exception as exc:  # the factory is user code: report it with the shape that broke it
-        raise MutransferError(
-            f"the model factory failed on the meta device with shape {dict(shape)}: "
-            f"{type(exc).__name__}: {exc}. Fix: make the factory accept these keywords and avoid "
-            "reading tensor values while building (no .item(), no data loading), or build the "
-            "model yourself and use mutransfer.plan_from_model(model, base_dims=...)."
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise MutransferError(
-            f"the model factory returned {type(model).__name__}, expected a torch.nn.Module."
-        )
-    return model
-
-
 def is_conv1d(module: nn.Module) -> bool:
     """GPT-2's ``transformers`` Conv1D: a linear layer whose weight is stored (in, out). Checked
     without importing transformers: a model holding one has imported it already."""
@@ -146,6 +127,18 @@ def parameter_layout(model: nn.Module) -> dict[str, tuple[tuple[int, ...], list[
     return {cname: (shape, uses) for cname, shape, uses in by_tensor.values()}
 
 
+def mark_linear(layout: Mapping[str, tuple[tuple[int, ...], list[_Use]]], names: set[str]) -> dict:
+    """``layout`` with the 2-D tensors a forward pass used as ``F.linear`` weights read as
+    (out, in): a router or readout registered as a raw parameter is then an output, not an
+    embedding (the reading a raw tensor gets by default)."""
+    out = dict(layout)
+    for name in names & set(layout):
+        shape, uses = layout[name]
+        if len(shape) == 2:
+            out[name] = (shape, [replace(u, fan_out_dim=0, fan_in_dim=1, known_layer=True) for u in uses])
+    return out
+
+
 def _width_multiplier(ratios: Iterable[tuple[str, int, float]]) -> float:
     """The factor most scaling dimensions grow by: the model's width multiplier.
 
@@ -167,6 +160,18 @@ def _width_multiplier(ratios: Iterable[tuple[str, int, float]]) -> float:
             "head size or head count fixed, and size the FFN from the width)."
         )
     return float(m)
+
+
+def width_multiplier(base: Mapping, target: Mapping) -> float:
+    """The width multiplier between two layouts: the ratio most growing dimensions share."""
+    ratios = [
+        (name, d, t / b)
+        for name, (bshape, _) in base.items()
+        if name in target and len(target[name][0]) == len(bshape)
+        for d, (b, t) in enumerate(zip(bshape, target[name][0], strict=True))
+        if b != t
+    ]
+    return _width_multiplier(ratios)
 
 
 def infer_roles(

@@ -35,6 +35,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 
 from mutransfer.errors import MutransferError
+from mutransfer.factory import construct, keywords
+from mutransfer.scaling.roles import parameter_layout, width_multiplier
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
@@ -221,6 +223,8 @@ class SweepConfig:
         if not any(isinstance(v, Range | list) for v in space.values()):
             found.append("space: nothing to search (every value is fixed); give a range or a list of choices")
         found += _storage_problems(self.storage)
+        if not found:  # the shapes, once everything else holds: built on the meta device
+            found += _shape_problems(self)
         return found
 
     @property
@@ -315,6 +319,49 @@ def _unknown_hparams(space: Mapping[str, Any], factory: str | Callable[..., Any]
         for key in space
         if key not in HPARAMS and key not in accepted
     ]
+
+
+def _shape_problems(config: SweepConfig) -> list[str]:
+    """The proxy, target and base built on the meta device (a misspelled keyword or a string width
+    fails here, not at the first trial), and a target no wider than the proxy refused."""
+    try:
+        make_model = resolve(config.factory, "factory")
+    except MutransferError as exc:
+        return [str(exc)]
+    accepted = keywords(make_model)
+    models = {}
+    for key in ("proxy", "target", "base"):
+        shape = getattr(config, key)
+        if shape is None:
+            continue
+        shape = {**config.shape, **shape}
+        if accepted is not None:
+            required = _required(make_model)
+            if required - set(
+                shape
+            ):  # keywords the data fills (vocab_size, in_features, ...): cannot build here
+                return []
+        try:
+            models[key] = construct(make_model, shape)
+        except MutransferError as exc:
+            return [f"{key}: {exc}"]
+    try:
+        grown = width_multiplier(parameter_layout(models["proxy"]), parameter_layout(models["target"]))
+    except MutransferError as exc:
+        return [f"target: {exc}"]
+    if grown < 1:
+        return [
+            f"target: {dict(config.target)} is narrower than the proxy {dict(config.proxy)} (width "
+            f"x{grown:g}); muTransfer carries a small proxy's values to a larger target. Fix: swap them."
+        ]
+    return []
+
+
+def _required(make_model: Callable[..., Any]) -> set[str]:
+    params = inspect.signature(make_model).parameters.values()
+    return {
+        p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def _storage_problems(storage: str | None) -> list[str]:

@@ -20,9 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mutransfer.data import TokenData, factory_keywords, fetch, load_for_training
 from mutransfer.errors import MutransferError
+from mutransfer.factory import construct
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import plan as make_plan
-from mutransfer.scaling.roles import model_on_meta
 from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
 from mutransfer.sweep.space import Value
 from mutransfer.train import Run, build, cross_entropy, train
@@ -213,7 +213,7 @@ def _count_flops(
     """FLOPs of one forward and backward pass on one batch; nothing is allocated (meta device)."""
     if data is None:
         return math.nan
-    model = model_on_meta(make_model, shape)
+    model = construct(make_model, shape)
     x, y = fetch(data, 0, batch_size, seed=0, device="meta")
     try:
         with FlopCounterMode(display=False) as counter:
