@@ -40,9 +40,9 @@ class MLP(nn.Module):
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, heads: int, base_d_head: int | None):
+    def __init__(self, width: int, heads: int, base_d_head: int | None, manual: bool = False):
         super().__init__()
-        self.heads, d = heads, width // heads
+        self.heads, d, self.manual = heads, width // heads, manual
         self.scale = math.sqrt(base_d_head) / d if base_d_head else None  # None: SDPA's 1/sqrt(d)
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
@@ -50,15 +50,21 @@ class _Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in self.qkv(x).split(C, -1))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
+        if self.manual:  # written out, as many codebases do: scores, mask, softmax
+            scores = q @ k.transpose(-2, -1)
+            scores = scores * self.scale if self.scale else scores / math.sqrt(q.shape[-1])
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            y = scores.masked_fill(mask, float("-inf")).softmax(-1) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.out(y.transpose(1, 2).reshape(B, T, C))
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, heads: int, base_d_head: int | None):
+    def __init__(self, width: int, heads: int, base_d_head: int | None, manual: bool):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attn = _Attention(width, heads, base_d_head)
+        self.attn = _Attention(width, heads, base_d_head, manual)
         self.up, self.down = nn.Linear(width, 4 * width, bias=False), nn.Linear(4 * width, width, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,7 +76,8 @@ class Transformer(nn.Module):
     """A decoder written from scratch. ``embedding_factor`` / ``logit_factor``: ``"sqrt"`` multiplies
     the embeddings (as Gemma does) or the logits by ``sqrt(width)``; ``tie="functional"`` reads out
     through the embedding with ``F.linear`` in ``forward``; ``init_std`` draws every matrix from
-    N(0, init_std**2) instead of PyTorch's default."""
+    N(0, init_std**2) instead of PyTorch's default; ``attention="manual"`` writes the attention out
+    (``q @ k^T`` times the scale, a mask, a softmax) instead of calling SDPA."""
 
     def __init__(
         self,
@@ -84,11 +91,14 @@ class Transformer(nn.Module):
         logit_factor: str = "",
         tie: str = "",
         init_std: float | None = None,
+        attention: str = "sdpa",
     ):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, width)
         self.pos = nn.Parameter(torch.zeros(block_size, width))
-        self.blocks = nn.ModuleList(_Block(width, heads, base_d_head) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            _Block(width, heads, base_d_head, attention == "manual") for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(width)
         self.head = None if tie else nn.Linear(width, vocab_size, bias=False)
         self.embedding_factor = math.sqrt(width) if embedding_factor == "sqrt" else 1.0

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import json
 import math
+import resource
 import signal
 import sys
 import time
@@ -46,6 +47,7 @@ from transfer import RESULTS, first_available, provenance
 
 BASE, TARGET, HEADS = 32, 128, 4
 WIDTHS = [32, 64, 128, 256]
+MEMORY = 8 * 2**30  # bytes of address space per process
 QUICK = ["gpt2", "llama", "qwen2", "mistral", "gemma", "phi"]
 FIXED = dict(
     num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=2, vocab_size=256,
@@ -229,6 +231,9 @@ def one(model_type: str, data, limit: int) -> dict:
 
 
 def main() -> None:
+    # a family whose tiny config still allocates gigabytes must fail alone, not take the machine
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (min(MEMORY, hard) if hard > 0 else MEMORY, hard))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--only", nargs="+", help="these model types")
@@ -259,12 +264,22 @@ def main() -> None:
         k, n = (int(x) for x in args.shard.split("/"))
         types, name = types[k::n], f"zoo-{k}-of-{n}.json"
     rows = []
+    if (out / name).exists() and not args.quick:  # resume: a killed run keeps what it measured
+        rows = json.loads((out / name).read_text())["rows"]
+        done = {r["model_type"] for r in rows}
+        types = [t for t in types if t not in done]
     for i, model_type in enumerate(types):
         try:
             with time_limit(4 * args.limit):  # a family's plan and both checks together
                 row = one(model_type, data, args.limit)
         except TimeoutError as exc:
             row = {"model_type": model_type, "stage": "timeout", "reason": str(exc)}
+        except Exception as exc:  # MemoryError under the address-space cap, or anything else of a family's
+            row = {
+                "model_type": model_type,
+                "stage": "crashed",
+                "reason": f"{type(exc).__name__}: {str(exc)[:160]}",
+            }
         rows.append(row)
         print(f"[{i + 1}/{len(types)}] {model_type:28s} {_line(row)}", flush=True)
         record = {**provenance(start), "transformers": transformers.__version__, "widths": WIDTHS,

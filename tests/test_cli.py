@@ -61,10 +61,10 @@ def test_coord_check_command_exits_0_on_pass_and_writes_plot_and_json(tmp_path, 
 
 
 def test_coord_check_command_exits_1_when_a_module_grows(capsys):
-    # muP plan but the GPT's attention keeps 1/sqrt(d_head): the check must fail
-    args = ["coord-check", "mutransfer.models:GPT", "--widths", "32", "64", "128", "--steps", "1"]
-    assert main([*args, "--seeds", "1", "--block-size", "16"]) == 1
-    assert "attn.logits" in capsys.readouterr().out
+    # muP plan, but a model whose attention keeps SDPA's 1/sqrt(d_head) in its code: the check fails
+    args = ["coord-check", "foreign:Transformer", "--widths", "32", "64", "128", "--steps", "1"]
+    assert main([*args, "--seeds", "1", "--block-size", "16", "--set", "block_size=16"]) == 1
+    assert "attn.sdpa" in capsys.readouterr().out
 
 
 def test_coord_check_command_reports_bad_data_name(capsys):

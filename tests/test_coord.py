@@ -91,13 +91,22 @@ def test_standard_gpt_fails_at_logits_and_attention(text):
 
 
 def test_attention_scale_left_at_inverse_sqrt_is_flagged_there_only(text):
-    result = check(GPT, text)  # muP plan, but GPT keeps 1/sqrt(d_head) without base_d_head
+    from foreign import Transformer
+
+    result = check(Transformer, text, shape={"block_size": 32})  # SDPA's default scale, in its code
     failing = {m.name for m in result.failures}
-    assert failing == {"blocks.0.attn.logits", "blocks.1.attn.logits"}, result.table()
+    assert failing == {"blocks.0.attn.sdpa", "blocks.1.attn.sdpa"}, result.table()
     for name in failing:
         m = next(m for m in result.modules if m.name == name)
         assert m.cause and m.scale_slope == pytest.approx(0.5, abs=1e-6)
         assert "attention_scale" in m.hint
+
+
+def test_a_scale_the_model_keeps_in_an_attribute_is_made_muP_by_the_plan(text):
+    result = check(GPT, text)  # without base_d_head GPT keeps 1/sqrt(d_head) in attn.scale
+    assert result.passed, result.table()
+    standard = causes(check(GPT, text, parametrization="sp"))
+    assert "attention_scale" in standard["blocks.0.attn.logits"]
 
 
 def test_unscaled_hidden_learning_rate_is_flagged(images):
@@ -238,3 +247,14 @@ def test_a_vision_transformer_with_multihead_attention_as_a_new_user_would(image
     assert check(ViT, images, widths=[32, 64, 128, 256], batch_size=8).passed
     found = causes(check(ViT, images, widths=[32, 64, 128, 256], batch_size=8, parametrization="sp"))
     assert "nn.MultiheadAttention" in found["blocks.0.self_attn.mha"]
+
+
+def test_attention_written_out_is_seen_through_its_softmax(text):
+    from foreign import Transformer
+
+    shape = {"block_size": 32, "attention": "manual"}
+    bad = check(Transformer, text, shape=shape)  # scores / sqrt(d) in its forward: the plan cannot fix it
+    found = causes(bad)
+    assert set(found) == {"blocks.0.attn.softmax", "blocks.1.attn.softmax"}, bad.table()
+    assert "attention_scale" in found["blocks.0.attn.softmax"]
+    assert check(Transformer, text, shape={**shape, "base_d_head": 8}).passed  # scores * muP's scale

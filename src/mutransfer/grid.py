@@ -44,7 +44,7 @@ from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct
 from mutransfer.files import load_json, save_json
-from mutransfer.scaling.planning import init_law_of
+from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.train import (
     TRAINING_AXES,
     LossFn,
@@ -376,6 +376,7 @@ def grid(
         "optimizer": _name(optimizer),
         "weight_decay": weight_decay,
         "init_law": init_law or init_law_of(make_model),
+        "biases": BIASES,
         "zero": list(zero),
         "eval_batches": eval_batches,
         "loss": _name(loss or cross_entropy),

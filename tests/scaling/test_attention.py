@@ -16,7 +16,7 @@ from torch.nn import functional as F
 import mutransfer
 from mutransfer.errors import MutransferWarning
 from mutransfer.models import GPT
-from mutransfer.scaling.attention import intercept
+from mutransfer.scaling.intercept import intercept
 
 
 class ViT(nn.Module):
@@ -91,8 +91,10 @@ def test_attach_twice_is_refused():
 
 
 def test_sdpa_with_one_over_sqrt_d_head_is_reported_loudly():
+    from foreign import Transformer  # SDPA's default scale: nothing the plan can change
+
     with pytest.warns(MutransferWarning, match=r"blocks.0.attn, blocks.1.attn compute attention with 1/sqrt"):
-        plan = mutransfer.plan(GPT, base={"width": 32}, target={"width": 128})
+        plan = mutransfer.plan(Transformer, base={"width": 32}, target={"width": 128})
     assert "attention_scale(d_head, base_d_head=8)" in plan.summary()
     assert "NOT muP" in plan.summary()
     with warnings.catch_warnings():
@@ -101,6 +103,30 @@ def test_sdpa_with_one_over_sqrt_d_head_is_reported_loudly():
             GPT, base={"width": 32, "base_d_head": 8}, target={"width": 128, "base_d_head": 8}
         )
     assert {s.law for s in good.attention} == {"1/d_head"}
+
+
+class Decoy(nn.Module):
+    """Keeps a float equal to the attention's scale that the attention does not read."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.emb, self.qkv = nn.Embedding(8, width), nn.Linear(width, 3 * width)
+        self.d_head = width // 2
+        self.dropout_p = self.d_head**-0.5  # equal to SDPA's default scale, by coincidence
+
+    def forward(self, idx):
+        q, k, v = (t.unflatten(-1, (2, -1)).transpose(1, 2) for t in self.qkv(self.emb(idx)).chunk(3, -1))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
+def test_an_attribute_is_changed_only_if_the_attention_reads_it():
+    plan = mutransfer.plan(GPT, base={"width": 32}, target={"width": 128})  # GPT's attn.scale
+    assert {s.fix for s in plan.attention} == {"*scale"}
+    model = plan.init_(GPT(width=128))
+    assert model.blocks[0].attn.scale == pytest.approx(8**0.5 / 32)
+    with pytest.warns(MutransferWarning, match="compute attention with 1/sqrt"):
+        decoy = mutransfer.plan(Decoy, base={"width": 8}, target={"width": 32})
+    assert [s.fix for s in decoy.attention] == [""]  # doubling dropout_p moved no scale: not touched
 
 
 def test_fix_attention_false_leaves_multihead_attention_and_warns():
@@ -125,7 +151,7 @@ def test_a_scaling_attribute_handed_to_attention_is_fixed():
         return nn.Sequential(nn.Embedding(16, width), Attention(width), nn.Linear(width, 16))
 
     plan = mutransfer.plan(make, base={"width": 8}, target={"width": 32})
-    assert [(s.name, s.fix) for s in plan.attention] == [("1.sdpa", "scaling")]
+    assert [(s.name, s.fix) for s in plan.attention] == [("1.sdpa", "*scaling")]
     model = plan.init_(make(32))
     assert model[1].scaling == pytest.approx(math.sqrt(4) / 16)
 

@@ -81,7 +81,7 @@ def test_a_raw_transformers_factory_gets_muP_init_with_no_argument():
     assert plan.init_laws["transformer.h.0.mlp.c_fc.weight"] == "constant"
     assert plan.init_factor(plan["transformer.h.0.mlp.c_fc.weight"]) == pytest.approx(0.5)
     # transformers' attention hands its `scaling` to SDPA: the plan makes it 1/d_head
-    assert {(s.law, s.fix) for s in plan.attention} == {("1/sqrt(d_head)", "scaling")}
+    assert {(s.law, s.fix) for s in plan.attention} == {("1/sqrt(d_head)", "*scaling")}
     model = plan.init_(make(128))
     assert model.transformer.h[0].attn.scaling == pytest.approx(8**0.5 / 32)
 

@@ -248,3 +248,22 @@ def test_probe_is_required_when_several_keywords_could_be_the_width():
         mutransfer.plan(MLP, base=shape, target=shape)
     plan = mutransfer.plan(MLP, base=shape, target=shape, probe={"width": 64, "depth": 2})
     assert plan.is_identity and plan.roles()["hidden.0.weight"] == "hidden"
+
+
+def test_a_raw_tensor_used_as_a_linear_weight_is_read_as_out_by_in():
+    """A router registered as a raw (experts, width) parameter: the plan's forward pass sees it
+    used by F.linear, so it is an output, not the embedding-like tensor a raw shape suggests."""
+
+    class Router(nn.Module):
+        def __init__(self, width: int):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(4, width) * 0.02)
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.weight)
+
+    def model(width):
+        return nn.Sequential(nn.Embedding(16, width), nn.Linear(width, width), Router(width))
+
+    plan = mutransfer.plan(model, base={"width": 16}, target={"width": 64})
+    assert plan.roles()["2.weight"] == "output"

@@ -27,7 +27,8 @@ from torch import nn
 
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
-from mutransfer.scaling.attention import AttentionCall, AttentionLogits, intercept, logits
+from mutransfer.scaling.attention import AttentionCall, AttentionLogits, logits
+from mutransfer.scaling.intercept import intercept
 from mutransfer.scaling.roles import canonical_name
 
 __all__ = ["OUTPUT", "Run", "input_of", "run"]

@@ -368,8 +368,9 @@ class Plan:
                 verdict = "muP" if site.law == "1/d_head" else "nothing to scale"
             elif site.fix == "query":
                 verdict = f"made 1/d_head by attach_: queries x{site.factor:.4g}"
-            elif site.fix == "scaling":
-                verdict = f"made 1/d_head by attach_: its scaling attribute x{site.factor:.4g}"
+            elif site.fix:
+                way = "x" if site.fix[0] == "*" else "/"
+                verdict = f"made 1/d_head by attach_: its attribute {site.fix[1:]} {way}{site.factor:.4g}"
             else:
                 verdict = "NOT muP. Fix: " + site.fix_text()
             lines.append(f"attention {site.describe()}; {verdict}")

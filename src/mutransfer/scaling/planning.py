@@ -30,9 +30,10 @@ from torch import nn
 
 from mutransfer.errors import MutransferError, MutransferWarning
 from mutransfer.factory import construct
-from mutransfer.scaling.attention import AttentionSite, calls, extrapolate, pair, static_sites
+from mutransfer.scaling.attention import AttentionSite
 from mutransfer.scaling.depth import check_depth_arguments, find_depth
 from mutransfer.scaling.init_law import check_measured, measure
+from mutransfer.scaling.intercept import calls, extrapolate, pair, static_sites
 from mutransfer.scaling.plan import Plan, check_init_law, match_patterns
 from mutransfer.scaling.roles import (
     Role,
@@ -44,8 +45,11 @@ from mutransfer.scaling.roles import (
     width_multiplier,
 )
 
-__all__ = ["init_law_of", "plan", "plan_from_model"]
+__all__ = ["BIASES", "init_law_of", "plan", "plan_from_model"]
 
+# How init_ treats biases, recorded in grids' and sweeps' protocols: results trained before biases
+# were held Theta(1) (2026-12-05) are not resumed as if they had been.
+BIASES = "Theta(1)"
 _INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole numeric name segment: the 3 in blocks.3.fc
 _EXAMPLE_TOKENS = 8  # the guessed example: this many token ids, within any position table
 
@@ -325,7 +329,8 @@ def _attention_on_cpu(
 
 def _guess_example(model: nn.Module) -> Any:
     """Token ids for a model whose first layer is an embedding, features for a linear one."""
-    first = next((m for m in model.modules() if any(True for _ in m.parameters(recurse=False))), None)
+    layers = (nn.Embedding, nn.Linear, nn.modules.conv._ConvNd)
+    first = next((m for m in model.modules() if isinstance(m, layers)), None)
     if isinstance(first, nn.Embedding):
         return (torch.zeros(1, _EXAMPLE_TOKENS, dtype=torch.long),)
     if isinstance(first, nn.Linear):

@@ -29,7 +29,7 @@ from typing import Any
 
 from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.errors import MutransferError
-from mutransfer.scaling.planning import init_law_of
+from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.sweep.config import SweepConfig, resolve
 from mutransfer.sweep.experiment import Experiment
 from mutransfer.sweep.space import Range, grid_points, suggest
@@ -490,6 +490,7 @@ def _protocol(config: SweepConfig) -> dict[str, Any]:
     """The config's protocol fields as plain JSON data."""
     values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
     values["init_law"] = config.init_law or init_law_of(resolve(config.factory, "factory"))
+    values["biases"] = BIASES
     if config.sp_shape:  # only then, so studies saved before the field existed still resume
         values["sp_shape"] = config.sp_shape
     return json.loads(json.dumps(values, default=_plain))
