@@ -70,7 +70,7 @@ def scenarios(lr: float) -> list[tuple]:
         ("GPT muP tied", GPT, text, {"shape": {**gpt["shape"], "tie_embeddings": True}}, None),
         ("own-SDPA transformer muP", foreign.Transformer, text, own, None),
         ("MHA transformer muP", foreign.MHATransformer, text, {"shape": {"block_size": 32}}, None),
-        ("CNN muP", foreign.CNN, images, {"batch_size": 8, "sizes": (8, 16, 32, 64)}, None),
+        ("CNN muP", foreign.CNN, images, {"batch_size": 8, "sizes": (16, 32, 64, 128)}, None),
         ("MLP standard", MLP, images, {**mlp, "parametrization": "sp"}, ["readout"]),
         ("MLP hidden lr not scaled", MLP, images, {**mlp, "optimizer": hidden_lr_not_scaled(lr)},
          ["hidden.*"]),
@@ -92,7 +92,7 @@ def extremes(result: mutransfer.CoordCheck, where: list[str] | None) -> tuple[fl
     for m in judged:
         ups = [m.rms_slope, m.update_slope, m.scale_slope, m.init_slope]
         downs = [result.slopes(m.name, "update")[-1], m.init_slope]  # shrinking is judged at the last step
-        if "*" not in m.name or m.kind == "block":
+        if result.axis != "depth" or m.kind == "block":  # over depth, change is judged on the stream only
             ups.append(m.change_slope)
         if m.kind in ("stream", "block", "model"):  # its move against the point before it
             downs.append(m.change_slope)

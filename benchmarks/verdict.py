@@ -50,7 +50,9 @@ def models(quick: bool) -> dict[str, dict]:
         "Transformer (nn.MultiheadAttention)": dict(
             factory=MHATransformer, data=text, shape={"block_size": 32}
         ),
-        "CNN": dict(factory=CNN, data=images, shape={"in_channels": 1}, widths=[8, 16, 32, 64], batch_size=8),
+        "CNN": dict(
+            factory=CNN, data=images, shape={"in_channels": 1}, widths=[16, 32, 64, 128], batch_size=8
+        ),
     }
     return {k: found[k] for k in ("MLP", "Transformer (own SDPA)")} if quick else found
 
@@ -213,7 +215,7 @@ def main() -> None:
         print(f"correct muP, {model_name}: {len(failures)} false failures in {seed_sets} checks", flush=True)
     record = {
         **provenance(start),
-        "setting": "coord_check defaults: 4 sizes over 8x (CNN 8..64), 4 steps, 3 seeds, adam lr 3e-3",
+        "setting": "coord_check defaults: 4 sizes over 8x (CNN 16..128), 4 steps, 3 seeds, adam lr 3e-3",
         "threshold": mutransfer.coord.GROWTH_THRESHOLD,
         "bugs": rows,
         "correct": correct,

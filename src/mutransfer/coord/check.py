@@ -122,7 +122,7 @@ class CoordCheck:
             f"coordinate check ({self.parametrization}, {axis}s {list(self.widths)}, {self.steps} steps, "
             f"{self.seeds} seeds, {self.optimizer} lr {self.lr:g}): exponent s of {axis}**s; "
             f"fail above {self.threshold:g}, or below -{self.threshold:g} for a layer's own updates"
-            + ("; 'change' inside the blocks is shown, not judged" if axis == "depth" else "")
+            + ("; 'change' is judged on the blocks' outputs only" if axis == "depth" else "")
         ]
         lines += [
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]

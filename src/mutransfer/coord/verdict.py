@@ -84,7 +84,7 @@ def judge(
         if diverged or any(math.isinf(v) for m in ("rms", "change", "update") for v in s[m]):
             status = "diverged"
         else:
-            judged = [v for m, v in worst.items() if m != "change" or not _inside_blocks(name, kind, axis)]
+            judged = [v for m, v in worst.items() if m != "change" or _change_judged(kind, axis)]
             if max(_finite(v) for v in [*judged, _extreme(moved, max), stray]) > threshold:
                 status = "grows"
             # over depth a block's own share shrinks like 1/L by design (CompleteP's branch multiplier)
@@ -135,12 +135,13 @@ def judge(
     return tuple(verdicts)
 
 
-def _inside_blocks(name: str, kind: str, axis: str) -> bool:
-    """A module inside the blocks of a depth check, where ``change`` is shown but not judged: at
-    a few blocks the first block sees only the embeddings, and how far its normalised features
-    move grows with depth under CompleteP and standard alike (benchmarks/README.md). Depth
-    theory speaks of the residual stream (the blocks' outputs) and each module's own updates."""
-    return axis == "depth" and "*" in name and kind != "block"
+def _change_judged(kind: str, axis: str) -> bool:
+    """Over depth, ``change`` is judged for the residual stream (the blocks' outputs) only, and
+    shown elsewhere: at a few blocks the first block sees only the small embeddings, so how far
+    normalised features move (inside the blocks, and after them in the final norm and the
+    readout) grows with depth under CompleteP and standard alike (benchmarks/README.md). Depth
+    theory speaks of the residual stream and of each module's own updates."""
+    return axis != "depth" or kind == "block"
 
 
 def _own_fault(status, kind, worst, s, moved, stray, threshold, axis) -> str | None:
