@@ -91,11 +91,11 @@ def extremes(result: mutransfer.CoordCheck, where: list[str] | None) -> tuple[fl
     high, low, at_high, at_low = -math.inf, math.inf, "", ""
     for m in judged:
         ups = [m.rms_slope, m.update_slope, m.scale_slope, m.init_slope]
-        downs = [result.slopes(m.name, "update")[-1], m.init_slope]  # shrinking is judged at the last step
+        # shrinking is judged at the last step, on a module's own update (a stream point's move
+        # against the point before it is judged too, but a result does not keep that pair)
+        downs = [result.slopes(m.name, "update")[-1], m.init_slope]
         if result.axis != "depth" or m.kind == "block":  # over depth, change is judged on the stream only
             ups.append(m.change_slope)
-        if m.kind in ("stream", "block", "model"):  # its move against the point before it
-            downs.append(m.change_slope)
         up = max((s for s in ups if s == s), default=-math.inf)
         down = min((s for s in downs if s == s), default=math.inf)
         if up > high:
