@@ -333,7 +333,7 @@ def _init_strays(
 
 # The smallest check whose verdict benchmarks/coord_thresholds.py found reliable (README): at
 # least this many sizes spanning this ratio, steps and seeds. Below it a verdict is a guess.
-RELIABLE = {"sizes": 4, "span": 8, "steps": 2, "seeds": 2}
+RELIABLE = {"sizes": 4, "span": 8, "steps": 3, "seeds": 2}
 
 
 def _warn_if_unreliable(widths: Sequence[int], steps: int, seeds: int, axis: str) -> None:

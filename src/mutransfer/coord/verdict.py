@@ -102,6 +102,13 @@ def judge(
         shown["init"] = stray
         measured.append((name, kind, shown, status, reason))
 
+    # a block that grows past its input because a module inside it grows inherits that fault: the
+    # factor-in-forward reading is for growth no module inside explains
+    failing = {name for name, _, _, status, _ in measured if status in ("grows", "vanishes")}
+    measured = [
+        (name, kind, shown, status, None if reason == "forward" and _inside(name, failing) else reason)
+        for name, kind, shown, status, reason in measured
+    ]
     first_cause = {
         st: next((n for n, _, _, s, r in measured if r and s == st), None) for st in ("grows", "vanishes")
     }
@@ -164,6 +171,11 @@ def _own_fault(status, kind, worst, s, moved, stray, threshold, axis) -> str | N
         if kind in _FREE and _finite(moved[-1]) < -threshold:
             return "forward"
     return None
+
+
+def _inside(block: str, failing: set[str]) -> bool:
+    """Whether a point inside ``block`` (named ``block.…``) fails."""
+    return any(name.startswith(f"{block}.") for name in failing)
 
 
 def _relative(own: list[float], prev: list[float]) -> list[float]:

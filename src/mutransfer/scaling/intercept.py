@@ -125,6 +125,8 @@ class _Interceptor(TorchFunctionMode):
                     product = _Product(tracked[i].a, tracked[i].b, scale)
         elif func in _KEEP:
             product = next((p for p in map(self._product, args[:2]) if p is not None), None)
+        elif func in (torch.cat, torch.concat) and args and isinstance(args[0], list | tuple) and args[0]:
+            product = self._product(args[0][0])  # logits with an extra column (attention sinks)
         if product is not None:
             self.products[id(out)] = (weakref.ref(out), product)
 

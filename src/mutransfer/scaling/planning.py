@@ -129,7 +129,20 @@ def plan(
         sites = tuple(replace(s, fix="") for s in sites)
     built = replace(built, init_law=declared, init_laws=laws, attention=sites, notes=tuple(notes))
     _warn_attention(built)
+    _warn_unseen(notes)
     return built
+
+
+def _warn_unseen(notes: list[str]) -> None:
+    """Loudly: a plan that could not look at the attention cannot say it is muP."""
+    for note in notes:
+        if note.startswith("attention not inspected"):
+            warnings.warn(
+                f"{note}. A 1/sqrt(d_head) attention would stay as it is; run mutransfer.coord_check, or "
+                "pass example= to mutransfer.plan.",
+                MutransferWarning,
+                stacklevel=3,
+            )
 
 
 def plan_from_model(
@@ -328,11 +341,11 @@ def _attention_on_cpu(
 
 
 def _guess_example(model: nn.Module) -> Any:
-    """Token ids for a model whose first layer is an embedding, features for a linear one."""
-    layers = (nn.Embedding, nn.Linear, nn.modules.conv._ConvNd)
-    first = next((m for m in model.modules() if isinstance(m, layers)), None)
-    if isinstance(first, nn.Embedding):
+    """Token ids for a model with an embedding table (wherever it is registered: a Hugging Face
+    model may register its head first), features for one whose first layer is linear."""
+    if any(isinstance(m, nn.Embedding) for m in model.modules()):
         return (torch.zeros(1, _EXAMPLE_TOKENS, dtype=torch.long),)
+    first = next((m for m in model.modules() if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)), None)
     if isinstance(first, nn.Linear):
         return (torch.zeros(2, first.in_features),)
     return None
