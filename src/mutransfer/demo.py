@@ -212,7 +212,7 @@ class DemoResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DemoResult:
-        check_format(data, (FORMAT_VERSION,), "demo results", "rerun mutransfer demo without --resume.")
+        check_format(data, FORMAT_VERSION, "demo results", "rerun mutransfer demo without --resume.")
         return cls(**{k: v for k, v in data.items() if k not in ("format", "summary")})
 
     def save(self, path: str | os.PathLike) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,11 @@ def load_json(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
     return data
 
 
-def check_format(data: Mapping[str, Any], supported: Collection[int], what: str, fix: str) -> None:
-    """Refuse a file saved in a format this version cannot read, naming the fix."""
-    if data.get("format") not in supported:
+def check_format(data: Mapping[str, Any], newest: int, what: str, fix: str) -> None:
+    """Refuse a file saved in a format this version cannot read (newer than ``newest``, or not
+    a format number at all), naming the fix. Every older format still loads."""
+    found = data.get("format")
+    if not isinstance(found, int) or isinstance(found, bool) or not 1 <= found <= newest:
         raise MutransferError(
-            f"{what} format {data.get('format')!r} is not supported (expected {max(supported)}). Fix: {fix}"
+            f"{what} format {found!r} is not supported (expected 1 to {newest}). Fix: {fix}"
         )

@@ -227,7 +227,7 @@ class Transfer:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Transfer:
-        check_format(data, (FORMAT_VERSION,), "transfer", "rerun mutransfer transfer with this version.")
+        check_format(data, FORMAT_VERSION, "transfer", "rerun mutransfer transfer with this version.")
         return cls(
             factory=data["factory"],
             shape=data["shape"],

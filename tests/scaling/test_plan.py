@@ -6,6 +6,7 @@ import copy
 import json
 import math
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -256,3 +257,15 @@ def test_plan_from_model_matches_factory_plan():
 def test_plan_from_model_needs_exactly_one_description():
     with pytest.raises(MutransferError, match="exactly one of base_dims= or base_shapes="):
         mutransfer.plan_from_model(MLP(width=64))
+
+
+def test_plans_saved_by_earlier_versions_still_load():
+    """A transfer file written before the plan's format 3 (the demo's, kept in the repository)."""
+    saved = json.loads((Path(__file__).parents[2] / "benchmarks/results/demo.json").read_text())
+    plan = saved["transfer"]["mup"]["plan"]
+    assert plan["format"] == 2
+    loaded = mutransfer.Plan.from_dict(plan)
+    assert loaded.init_law == "fan_in" and len(loaded.params) == len(plan["params"]) > 0
+    for bad in (0, 4, "2", None, True):
+        with pytest.raises(MutransferError, match="not supported"):
+            mutransfer.Plan.from_dict(plan | {"format": bad})

@@ -406,7 +406,7 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        check_format(data, (1, FORMAT_VERSION), "plan", "rebuild the plan with this version of mutransfer.")
+        check_format(data, FORMAT_VERSION, "plan", "rebuild the plan with this version of mutransfer.")
         params = tuple(
             ParamRole(
                 name=d["name"],
