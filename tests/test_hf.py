@@ -219,3 +219,27 @@ def test_a_raw_gpt2_factory_gets_muP_from_the_plan_and_passes_the_check():
     standard = mutransfer.coord_check(raw_gpt2, parametrization="sp", **settings)
     causes = {m.name for m in standard.failures if m.cause}
     assert {"lm_head", "transformer.h.0.attn.sdpa"} <= causes, standard.table()
+
+
+def test_a_factory_object_sweeps_and_transfers_through_the_python_api(tmp_path):
+    """A mutransfer.hf factory is an object, not a function: the sweep's protocol and the
+    transfer record it by its repr (it names the config). A drifted copy of the naming once
+    raised AttributeError: 'HFFactory' object has no attribute '__qualname__'."""
+    config = mutransfer.SweepConfig(
+        factory=gpt2(),
+        proxy={"width": 32},
+        target={"width": 64},
+        shape=SMALL,
+        data="stdlib",
+        block_size=32,
+        steps=2,
+        batch_size=2,
+        eval_batches=1,
+        trials=1,
+        space={"lr": mutransfer.Range(1e-4, 1e-2, log=True)},
+        storage=str(tmp_path / "hf.journal"),
+        study="hf",
+    )
+    status = mutransfer.sweep(config)
+    assert status.finished == 1
+    assert mutransfer.transfer(config).factory.startswith("mutransfer.hf.factory('gpt2'")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib
 import sys
 import time
 import traceback
@@ -27,25 +26,10 @@ from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
 from mutransfer.data import Batches, factory_keywords, load_for_training
 from mutransfer.errors import MutransferError
+from mutransfer.factory import load
 from mutransfer.grid import PARAMETRIZATIONS, Grid, grid
 from mutransfer.scaling import plan as make_plan
 from mutransfer.train import OPTIMIZERS, SCHEDULES
-
-
-def load_factory(spec: str) -> Callable:
-    """Import ``module:attr`` (a model class or factory function)."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not attr:
-        raise MutransferError(f"factory {spec!r} must look like 'package.module:factory'.")
-    sys.path.insert(0, ".")  # let users name modules in the working directory
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise MutransferError(f"cannot import module {module_name!r} for factory {spec!r}: {exc}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise MutransferError(f"module {module_name!r} has no attribute {attr!r}.") from None
 
 
 def parse_shape(items: Sequence[str]) -> dict[str, object]:
@@ -64,7 +48,7 @@ def parse_shape(items: Sequence[str]) -> dict[str, object]:
 
 def _plan(args: argparse.Namespace) -> int:
     p = make_plan(
-        load_factory(args.factory),
+        load(args.factory),
         base=parse_shape(args.base),
         target=parse_shape(args.target),
         depth=args.depth,
@@ -91,7 +75,7 @@ def _load_data(args: argparse.Namespace, make_model: Callable) -> tuple[Batches,
 
 
 def _coord_check(args: argparse.Namespace) -> int:
-    make_model = load_factory(args.factory)
+    make_model = load(args.factory)
     data, shape = _load_data(args, make_model)
     settings = dict(
         **_axis(args, default_widths=[32, 64, 128, 256]),
@@ -135,7 +119,7 @@ def _coord_check(args: argparse.Namespace) -> int:
 
 
 def _grid(args: argparse.Namespace) -> int:
-    make_model = load_factory(args.factory)
+    make_model = load(args.factory)
     data, shape = _load_data(args, make_model)
     lrs = args.lrs or [2.0**k for k in args.log2_lrs]
     training = any(len(set(v)) > 1 for v in (args.steps, args.batch_size, args.block_size))

@@ -1,7 +1,10 @@
-"""The user's model factory: built where asked, and when it fails, said why in the user's terms.
+"""The user's model factory: named, imported, built, and when it fails, said why in user terms.
 
-A factory is any callable ``make_model(**shape) -> nn.Module``. It is user code, so its errors
-reach users through here: a keyword it does not take is named with the keywords it does take
+A factory is any callable ``make_model(**shape) -> nn.Module``: a class, a function, or an
+object (``mutransfer.hf.factory`` returns one). Results and configs record it by ``name_of``
+(``"module:qualname"``, or an object's ``repr``, which names its config); a config or the
+command line gives it as ``"module:name"`` for ``load``. It is user code, so its errors reach
+users through ``construct``: a keyword it does not take is named with the keywords it does take
 (and the ``width_key=`` that points a check or grid at its own width keyword); a failure that
 comes from the meta device gets the meta advice; anything else is reported with the shape
 that broke it.
@@ -9,8 +12,10 @@ that broke it.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,10 +24,41 @@ from torch import nn
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["construct", "keywords"]
+__all__ = ["construct", "keywords", "load", "name_of"]
 
 _UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 _WIDTH_NAMES = ("width", "d_model", "hidden_size", "n_embd", "dim", "embed_dim", "hidden_dim", "channels")
+
+
+def name_of(obj: Any) -> str:
+    """How results record a factory, a loss or an optimizer: ``"module:qualname"`` for a function
+    or class, the text itself for a string, and a factory object's ``repr`` (it names its config,
+    so a grid is not resumed under another one)."""
+    if isinstance(obj, str):
+        return obj
+    qualname = getattr(obj, "__qualname__", None)
+    if qualname is None:
+        return repr(obj)
+    return f"{getattr(obj, '__module__', '?')}:{qualname}"
+
+
+def load(spec: str | Callable[..., Any], key: str = "factory") -> Callable[..., Any]:
+    """Import ``"module:name"`` (a callable passes through); errors name the config ``key``.
+    Modules in the working directory are found too."""
+    if callable(spec):
+        return spec
+    module_name, sep, attr = str(spec).partition(":")
+    if not sep or not attr:
+        raise MutransferError(f"{key}: {spec!r} must look like 'package.module:name'.")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MutransferError(f"{key}: cannot import module {module_name!r} for {spec!r}: {exc}") from None
+    if not hasattr(module, attr):
+        raise MutransferError(f"{key}: module {module_name!r} has no attribute {attr!r}.")
+    return getattr(module, attr)
 
 
 def construct(

@@ -42,7 +42,7 @@ from torch import nn
 from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
-from mutransfer.factory import construct
+from mutransfer.factory import construct, name_of
 from mutransfer.files import load_json, save_json
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.train import (
@@ -361,7 +361,7 @@ def grid(
         base = widths[0] if base is None else int(base)
     shapes = {"sp": {**filled, **shape, **(sp_shape or {})}, "mup": {**filled, **shape}}
     protocol = {
-        "factory": _name(make_model),
+        "factory": name_of(make_model),
         "data": getattr(data, "name", type(data).__name__),
         "data_fingerprint": getattr(data, "fingerprint", ""),
         "block_size": block_size or getattr(data, "block_size", None),
@@ -373,13 +373,13 @@ def grid(
         "batch_size": batch_size,
         "warmup": warmup,
         "schedule": schedule,
-        "optimizer": _name(optimizer),
+        "optimizer": name_of(optimizer),
         "weight_decay": weight_decay,
         "init_law": init_law or init_law_of(make_model),
         "biases": BIASES,
         "zero": list(zero),
         "eval_batches": eval_batches,
-        "loss": _name(loss or cross_entropy),
+        "loss": name_of(loss or cross_entropy),
     }
     if axis.name == "depth":  # only then, so width grids saved before depth existed still resume
         protocol |= {"axis": "depth", "residual": list(axis.residual), "alpha": axis.alpha}
@@ -604,14 +604,6 @@ def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
     name, width, lr, seed, transfer = cell
     what = "transfer run" if transfer else "cell"
     return f"{what} {parametrization_label(name, axis)} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
-
-
-def _name(obj: Any) -> str:
-    if isinstance(obj, str):
-        return obj
-    if not hasattr(obj, "__qualname__"):  # a factory object (mutransfer.hf): its repr names its config
-        return repr(obj)
-    return f"{getattr(obj, '__module__', '?')}:{obj.__qualname__}"
 
 
 def _jsonable(value: Any) -> Any:

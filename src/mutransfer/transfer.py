@@ -23,10 +23,11 @@ import torch
 from torch import nn
 
 from mutransfer.errors import MutransferError
+from mutransfer.factory import load, name_of
 from mutransfer.files import check_format, load_json, save_json
 from mutransfer.fit import EXTRAPOLATION_WARNING
 from mutransfer.scaling.plan import Plan
-from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig, resolve
+from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig
 from mutransfer.sweep.space import Range
 from mutransfer.sweep.storage import redact
 from mutransfer.train import optimizer_class, role_multipliers
@@ -180,7 +181,7 @@ class Transfer:
         from mutransfer.sweep.experiment import build_tuned
 
         return build_tuned(
-            resolve(self.factory, "factory"),
+            load(self.factory),
             self.shape,
             plan=self.plan,
             hparams=self.hparams,
@@ -308,13 +309,8 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
         target_steps=target_steps,
         target_seconds_estimate=target_flops * rate,
     )
-    factory = (
-        config.factory
-        if isinstance(config.factory, str)
-        else f"{config.factory.__module__}:{config.factory.__qualname__}"
-    )
     return Transfer(
-        factory=factory,
+        factory=name_of(config.factory),
         shape=experiment.target,
         parametrization=config.parametrization,
         hparams=hparams,

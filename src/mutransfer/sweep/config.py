@@ -35,12 +35,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 
 from mutransfer.errors import MutransferError
-from mutransfer.factory import construct, keywords
+from mutransfer.factory import construct, keywords, load
 from mutransfer.scaling.roles import parameter_layout, width_multiplier
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
-__all__ = ["HPARAMS", "METRICS", "PARAMETRIZATIONS", "ConfigError", "SweepConfig", "load_config", "resolve"]
+__all__ = ["HPARAMS", "METRICS", "PARAMETRIZATIONS", "ConfigError", "SweepConfig", "load_config"]
 
 # What the built-in trainer understands in [space]; any factory keyword may be searched too.
 HPARAMS = {
@@ -284,31 +284,10 @@ def load_config(path: str | Path, **overrides: Any) -> SweepConfig:
     return config
 
 
-def resolve(spec: str | Callable[..., Any], key: str) -> Callable[..., Any]:
-    """Import ``"module:name"`` (or pass a callable through), naming the config key on failure."""
-    if callable(spec):
-        return spec
-    import importlib
-    import sys
-
-    module_name, sep, attr = str(spec).partition(":")
-    if not sep or not attr:
-        raise MutransferError(f"{key}: {spec!r} must look like 'package.module:name'.")
-    if "" not in sys.path and "." not in sys.path:
-        sys.path.insert(0, ".")  # modules in the working directory
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise MutransferError(f"{key}: cannot import module {module_name!r}: {exc}") from None
-    if not hasattr(module, attr):
-        raise MutransferError(f"{key}: module {module_name!r} has no attribute {attr!r}.")
-    return getattr(module, attr)
-
-
 def _unknown_hparams(space: Mapping[str, Any], factory: str | Callable[..., Any]) -> list[str]:
     """Keys of the space that neither the built-in trainer nor the factory understands."""
     try:
-        accepted = set(inspect.signature(resolve(factory, "factory")).parameters)
+        accepted = set(inspect.signature(load(factory)).parameters)
     except MutransferError as exc:
         return [str(exc)]
     except (TypeError, ValueError):
@@ -325,7 +304,7 @@ def _shape_problems(config: SweepConfig) -> list[str]:
     """The proxy, target and base built on the meta device (a misspelled keyword or a string width
     fails here, not at the first trial), and a target no wider than the proxy refused."""
     try:
-        make_model = resolve(config.factory, "factory")
+        make_model = load(config.factory)
     except MutransferError as exc:
         return [str(exc)]
     accepted = keywords(make_model)

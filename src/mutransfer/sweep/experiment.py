@@ -20,10 +20,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mutransfer.data import TokenData, factory_keywords, fetch, load_for_training
 from mutransfer.errors import MutransferError
-from mutransfer.factory import construct
+from mutransfer.factory import construct, load
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import plan as make_plan
-from mutransfer.sweep.config import HPARAMS, SweepConfig, resolve
+from mutransfer.sweep.config import HPARAMS, SweepConfig
 from mutransfer.sweep.space import Value
 from mutransfer.train import Run, build, cross_entropy, train
 
@@ -65,8 +65,8 @@ class Experiment:
 
     def __init__(self, config: SweepConfig) -> None:
         self.config = config
-        self.make_model = resolve(config.factory, "factory")
-        self.train_fn = resolve(config.train, "train") if config.train else None
+        self.make_model = load(config.factory)
+        self.train_fn = load(config.train, "train") if config.train else None
         self.data = None
         implied: dict[str, Any] = {}
         if config.data is not None:

@@ -29,8 +29,9 @@ from typing import Any
 
 from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.errors import MutransferError
+from mutransfer.factory import load, name_of
 from mutransfer.scaling.planning import BIASES, init_law_of
-from mutransfer.sweep.config import SweepConfig, resolve
+from mutransfer.sweep.config import SweepConfig
 from mutransfer.sweep.experiment import Experiment
 from mutransfer.sweep.space import Range, grid_points, suggest
 from mutransfer.sweep.storage import open_storage, reap_dead_workers, redact, requeue, worker_identity
@@ -489,7 +490,7 @@ def _check_protocol(study: Any, config: SweepConfig) -> None:
 def _protocol(config: SweepConfig) -> dict[str, Any]:
     """The config's protocol fields as plain JSON data."""
     values = {f.name: getattr(config, f.name) for f in fields(config) if f.name in _PROTOCOL}
-    values["init_law"] = config.init_law or init_law_of(resolve(config.factory, "factory"))
+    values["init_law"] = config.init_law or init_law_of(load(config.factory))
     values["biases"] = BIASES
     if config.sp_shape:  # only then, so studies saved before the field existed still resume
         values["sp_shape"] = config.sp_shape
@@ -500,7 +501,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Range):
         return {k: v for k, v in vars(value).items() if v is not None}
     if callable(value):
-        return f"{value.__module__}:{value.__qualname__}"
+        return name_of(value)
     if isinstance(value, Mapping):
         return dict(value)
     return str(value)
