@@ -44,7 +44,7 @@ import torch
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.data import TokenData, load_for_training
 from mutransfer.errors import MutransferError
-from mutransfer.files import check_format, load_json, save_json
+from mutransfer.files import check_format, load_json, number, save_json
 from mutransfer.grid import Optimum, fit_optimum, parametrization_label
 from mutransfer.models import GPT
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
@@ -508,8 +508,7 @@ def _provenance(command: str, device: str, seconds: dict[str, float], started: f
 
 
 def _loss(record: Mapping[str, Any]) -> float:
-    value = record.get("val_loss")
-    return math.inf if value is None else float(value)
+    return number(record.get("val_loss"))
 
 
 def _coord_text(p: Mapping[str, Any]) -> str:

@@ -1,5 +1,7 @@
 """The files this library saves (plans, transfers, grids, coordinate checks, demo results):
-JSON written atomically, read back with errors that name the file and the fix.
+JSON written atomically, read back with errors that name the file and the fix; numbers that
+are not finite (a diverged run's loss, an unknown error) written as null, which strict JSON
+readers accept, and read back as what they stood for.
 
 A run that fails or is killed while saving leaves the previous file whole, and reading a
 damaged file never changes it: nothing a user saved is lost to a failing run.
@@ -8,6 +10,7 @@ damaged file never changes it: nothing a user saved is lost to a failing run.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +18,7 @@ from typing import Any
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["check_format", "load_json", "save_json"]
+__all__ = ["check_format", "jsonable", "load_json", "number", "save_json"]
 
 
 def save_json(path: str | os.PathLike, data: Mapping[str, Any], *, strict: bool = False) -> None:
@@ -56,3 +59,20 @@ def check_format(data: Mapping[str, Any], newest: int, what: str, fix: str) -> N
         raise MutransferError(
             f"{what} format {found!r} is not supported (expected 1 to {newest}). Fix: {fix}"
         )
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with every nan and inf turned into None (null), through dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def number(value: float | None, missing: float = math.inf) -> float:
+    """A number read back from a file: null is ``missing`` (inf for a diverged loss, nan for an
+    unknown)."""
+    return missing if value is None else float(value)

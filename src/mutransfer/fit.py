@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from mutransfer.errors import MutransferError
+from mutransfer.files import jsonable
 
 __all__ = ["EXTRAPOLATION_WARNING", "PowerLaw", "Prediction", "fit", "fit_power_law"]
 
@@ -108,11 +109,11 @@ class PowerLaw:
         return {
             "axis": self.axis,
             "exponent": self.exponent,
-            "exponent_se": _finite_or_none(self.exponent_se),
+            "exponent_se": jsonable(self.exponent_se),
             "intercept": self.intercept,
             "sizes": list(self.sizes),
             "log2_lrs": list(self.log2_lrs),
-            "residual_se": _finite_or_none(self.residual_se),
+            "residual_se": jsonable(self.residual_se),
             "left_out": list(self.left_out),
         }
 
@@ -166,7 +167,3 @@ def fit(grid, parametrization: str | None = None) -> PowerLaw:
         )
     law = fit_power_law(grid.axis, [o.width for o in kept], [o.log2_lr for o in kept])
     return replace(law, left_out=left)
-
-
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None

@@ -43,7 +43,7 @@ from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct, name_of
-from mutransfer.files import load_json, save_json
+from mutransfer.files import jsonable, load_json, number, save_json
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.train import (
     TRAINING_AXES,
@@ -220,14 +220,17 @@ class Grid:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["cells"] = [_jsonable(c) for c in data["cells"]]
+        data["cells"] = [jsonable(c) for c in data["cells"]]
         data["complete"] = self.complete
-        data["summary"] = {n: _jsonable(asdict(self.summary(n))) for n in self.parametrizations}
+        data["summary"] = {n: jsonable(asdict(self.summary(n))) for n in self.parametrizations}
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Grid:
-        cells = tuple(Cell(**_floats(c)) for c in data["cells"])
+        cells = tuple(
+            Cell(**{**c, "val_loss": number(c["val_loss"]), "train_loss": number(c["train_loss"])})
+            for c in data["cells"]
+        )
         return cls(
             protocol=dict(data["protocol"]),
             widths=tuple(data["widths"]),
@@ -604,25 +607,6 @@ def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
     name, width, lr, seed, transfer = cell
     what = "transfer run" if transfer else "cell"
     return f"{what} {parametrization_label(name, axis)} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
-
-
-def _jsonable(value: Any) -> Any:
-    """inf and nan as null: strict JSON readers reject them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def _floats(cell: Mapping[str, Any]) -> dict[str, Any]:
-    return {**cell, "val_loss": _inf(cell["val_loss"]), "train_loss": _inf(cell["train_loss"])}
-
-
-def _inf(value: float | None) -> float:
-    return math.inf if value is None else value
 
 
 def _cell_text(value: float, best: bool) -> str:

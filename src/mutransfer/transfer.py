@@ -24,7 +24,7 @@ from torch import nn
 
 from mutransfer.errors import MutransferError
 from mutransfer.factory import load, name_of
-from mutransfer.files import check_format, load_json, save_json
+from mutransfer.files import check_format, jsonable, load_json, number, save_json
 from mutransfer.fit import EXTRAPOLATION_WARNING
 from mutransfer.scaling.plan import Plan
 from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig
@@ -222,7 +222,7 @@ class Transfer:
             "source": dict(self.source),
             "lr_adjustments": [asdict(a) for a in self.lr_adjustments],
             # FLOPs are unknown (nan) for your own training function: null in the file
-            "cost": {k: _finite_or_none(v) for k, v in asdict(self.cost).items()} if self.cost else None,
+            "cost": jsonable(asdict(self.cost)) if self.cost else None,
             "plan": self.plan.to_dict(),
         }
 
@@ -240,7 +240,7 @@ class Transfer:
             zero=tuple(data.get("zero", ())),
             source=data.get("source", {}),
             lr_adjustments=tuple(Adjustment(**a) for a in data.get("lr_adjustments", ())),
-            cost=Cost(**{k: math.nan if v is None else v for k, v in data["cost"].items()})
+            cost=Cost(**{k: number(v, math.nan) for k, v in data["cost"].items()})
             if data.get("cost")
             else None,
         )
@@ -330,10 +330,6 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
         cost=cost,
         lr_adjustments=tuple(adjustments),
     )
-
-
-def _finite_or_none(v: Any) -> Any:
-    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 def _fmt(v: Any) -> str:
