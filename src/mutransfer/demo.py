@@ -44,7 +44,7 @@ import torch
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.data import TokenData, load_for_training
 from mutransfer.errors import MutransferError
-from mutransfer.files import check_format, load_json, number, save_json
+from mutransfer.files import changes, check_format, load_json, number, save_json
 from mutransfer.grid import Optimum, fit_optimum, parametrization_label
 from mutransfer.models import GPT
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
@@ -468,9 +468,12 @@ def _start(out: Path, settings: dict[str, Any], resume: bool) -> DemoResult:
     path = out / "demo.json"
     if resume and path.exists():
         saved = DemoResult.load(path)
-        if saved.settings == settings:
+        differ = changes(saved.settings, settings)
+        if not differ:
             return saved
-        print(f"demo: {path} was made with other settings; starting over", file=sys.stderr)
+        print(
+            f"demo: {path} was made with other settings ({'; '.join(differ)}); starting over", file=sys.stderr
+        )
     for name in OUTPUTS:
         (out / name).unlink(missing_ok=True)
     return DemoResult(settings=settings)

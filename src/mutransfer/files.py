@@ -18,7 +18,7 @@ from typing import Any
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["check_format", "jsonable", "load_json", "number", "save_json"]
+__all__ = ["changes", "check_format", "check_protocol", "jsonable", "load_json", "number", "save_json"]
 
 
 def save_json(path: str | os.PathLike, data: Mapping[str, Any], *, strict: bool = False) -> None:
@@ -76,3 +76,18 @@ def number(value: float | None, missing: float = math.inf) -> float:
     """A number read back from a file: null is ``missing`` (inf for a diverged loss, nan for an
     unknown)."""
     return missing if value is None else float(value)
+
+
+def changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``"key: saved X, now Y"`` for every setting of ``current`` that ``saved`` holds otherwise."""
+    return [f"{k}: saved {saved.get(k)!r}, now {v!r}" for k, v in current.items() if saved.get(k) != v]
+
+
+def check_protocol(saved: Mapping[str, Any], current: Mapping[str, Any], what: str, fix: str) -> None:
+    """Refuse to reuse results made under other settings (a grid's cells, a study's trials),
+    naming every setting that differs."""
+    found = changes(saved, current)
+    if found:
+        raise MutransferError(
+            f"{what} under another protocol ({'; '.join(found)}), so its results cannot be reused. Fix: {fix}"
+        )

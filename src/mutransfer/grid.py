@@ -43,7 +43,7 @@ from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct, name_of
-from mutransfer.files import jsonable, load_json, number, save_json
+from mutransfer.files import check_protocol, jsonable, load_json, number, save_json
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.train import (
     TRAINING_AXES,
@@ -550,13 +550,8 @@ def _with_cell(result: Grid, cell: Cell) -> Grid:
 
 def _resume(saved: Grid, fresh: Grid, path: str | os.PathLike) -> Grid:
     """Keep the saved cells that this grid would train again; refuse a different protocol."""
-    differ = {k: (saved.protocol.get(k), v) for k, v in fresh.protocol.items() if saved.protocol.get(k) != v}
-    if differ:
-        listed = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in differ.items())
-        raise MutransferError(
-            f"{path} holds a grid trained under another protocol ({listed}), so its cells cannot be "
-            "reused. Fix: pass another path, or delete the file to start over."
-        )
+    fix = "pass another path, or delete the file to start over."
+    check_protocol(saved.protocol, fresh.protocol, f"{path} holds a grid trained", fix)
     wanted = {
         (name, w, lr, seed)
         for name in fresh.parametrizations

@@ -30,6 +30,7 @@ from typing import Any
 from mutransfer._interrupt import ctrl_c_raises_interrupted
 from mutransfer.errors import MutransferError
 from mutransfer.factory import load, name_of
+from mutransfer.files import check_protocol
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.sweep.config import SweepConfig
 from mutransfer.sweep.experiment import Experiment
@@ -476,15 +477,8 @@ def _check_protocol(study: Any, config: SweepConfig) -> None:
     if saved is None:
         study.set_user_attr("mutransfer", current)
         return
-    changed = [
-        f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in current if saved.get(k) != current[k]
-    ]
-    if changed:
-        raise MutransferError(
-            f"study {config.study!r} in {redact(config.storage_url)} was run with another config:\n  "
-            + "\n  ".join(changed)
-            + "\nFix: use another study name or storage, or restore the old settings."
-        )
+    what = f"study {config.study!r} in {redact(config.storage_url)} was run"
+    check_protocol(saved, current, what, "use another study name or storage, or restore the old settings.")
 
 
 def _protocol(config: SweepConfig) -> dict[str, Any]:
