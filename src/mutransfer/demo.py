@@ -49,6 +49,7 @@ from mutransfer.grid import Optimum, fit_optimum, parametrization_label
 from mutransfer.models import GPT
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
 from mutransfer.sweep.experiment import Experiment, build_tuned
+from mutransfer.text import table
 from mutransfer.train import Run, check_device
 from mutransfer.transfer import Transfer, transfer
 
@@ -193,9 +194,7 @@ class DemoResult:
 
     def table(self) -> str:
         """The terminal summary."""
-        rows = [("", "muP", "standard"), *self.rows()]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = [f"{r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2].rjust(widths[2])}" for r in rows]
+        lines = table([("", "muP", "standard"), *self.rows()], align="lr")
         sz = self.settings["sizes"]
         head = (
             f"muTransfer demo: GPT width {sz['proxy']} -> {sz['target']} on {self.settings['data']}, "

@@ -45,6 +45,7 @@ from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct, name_of
 from mutransfer.files import check_protocol, jsonable, load_json, number, save_json
 from mutransfer.scaling.planning import BIASES, init_law_of
+from mutransfer.text import table
 from mutransfer.train import (
     TRAINING_AXES,
     LossFn,
@@ -204,11 +205,10 @@ class Grid:
                 losses = [self.loss(name, o.width, lr) for lr in self.lrs]
                 cells = [_cell_text(v, v == o.loss) for v in losses]
                 rows.append([f"{axis} {o.width}", *cells, _optimum_text(o)])
-            sizes = [max(len(r[i]) for r in rows) for i in range(len(head))]
             base_axis = p["width_key"] if axis in TRAINING_AXES else axis
             base = f" (base {base_axis} {p['base']})" if name == "mup" else ""
             lines += ["", f"{parametrization_label(name, axis)}{base}:"]
-            lines += ["  " + "  ".join(c.rjust(n) for c, n in zip(r, sizes, strict=True)) for r in rows]
+            lines += table(rows, align="r", indent="  ")
             lines.append(_verdict_text(s, self.widths, axis))
         edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
         if edge:

@@ -30,6 +30,7 @@ from mutransfer.scaling.plan import Plan
 from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig
 from mutransfer.sweep.space import Range
 from mutransfer.sweep.storage import redact
+from mutransfer.text import short
 from mutransfer.train import optimizer_class, role_multipliers
 
 __all__ = ["Adjustment", "Cost", "Transfer", "load_transfer", "transfer"]
@@ -193,7 +194,7 @@ class Transfer:
         )
 
     def summary(self) -> str:
-        values = ", ".join(f"{k}={_fmt(v)}" for k, v in self.hparams.items())
+        values = ", ".join(f"{k}={short(v)}" for k, v in self.hparams.items())
         src = self.source
         how = "muP" if self.parametrization == "mup" else "standard: values copied unchanged"
         lines = [
@@ -330,7 +331,3 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
         cost=cost,
         lr_adjustments=tuple(adjustments),
     )
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -54,6 +54,7 @@ from mutransfer.errors import MutransferError, MutransferWarning, check_number
 from mutransfer.files import save_json
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
+from mutransfer.text import table
 from mutransfer.train import LossFn, OptimizerSpec, axis_of, build, cross_entropy, optimizer_class
 
 __all__ = ["GROWTH_THRESHOLD", "RELIABLE", "CoordCheck", "coord_check"]
@@ -116,7 +117,6 @@ class CoordCheck:
             + [m.status + (" (cause)" if m.cause else "")]
             for m in self.modules
         ]
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         axis = self.axis
         lines = [
             f"coordinate check ({self.parametrization}, {axis}s {list(self.widths)}, {self.steps} steps, "
@@ -124,9 +124,7 @@ class CoordCheck:
             f"fail above {self.threshold:g}, or below -{self.threshold:g} for a layer's own updates"
             + ("; 'change' is judged on the blocks' outputs only" if axis == "depth" else "")
         ]
-        lines += [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]
-        ]
+        lines += table([head, *rows])
         failures = self.failures
         lines.append(
             f"PASSED: nothing grows with {axis}, and every layer keeps learning"

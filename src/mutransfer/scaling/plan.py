@@ -49,6 +49,7 @@ from mutransfer.scaling.roles import (
     unwrap,
 )
 from mutransfer.scaling.rules import Multipliers, depth_multipliers, init_multiplier, multipliers, muon_takes
+from mutransfer.text import table
 
 __all__ = ["INIT_LAWS", "Plan", "check_init_law", "load_plan", "match_patterns"]
 
@@ -328,15 +329,11 @@ class Plan:
                 row.insert(3, self.depth.place(p.name))
             rows.append(row)
         rows = _merge_repeated(rows)
-        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = [
             f"muP plan: width x{self.width_multiplier:g} ({dict(self.base)} -> "
             f"{dict(self.target)}), optimizer family '{optimizer_family}'"
         ]
-        lines += [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-            for r in [head, ["-" * w for w in widths], *rows]
-        ]
+        lines += table([head, *rows], rule=True)
         counts = {r.value: sum(p.role is r for p in self.params) for r in Role}
         lines.append("roles: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         law = self.init_law

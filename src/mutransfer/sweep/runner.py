@@ -36,6 +36,7 @@ from mutransfer.sweep.config import SweepConfig
 from mutransfer.sweep.experiment import Experiment
 from mutransfer.sweep.space import Range, grid_points, suggest
 from mutransfer.sweep.storage import open_storage, reap_dead_workers, redact, requeue, worker_identity
+from mutransfer.text import short, table
 
 __all__ = ["Status", "leaderboard", "open_study", "run_worker", "status", "sweep"]
 
@@ -87,7 +88,7 @@ class Status:
             parts.append(f"{self.failed} failed")
         best = ""
         if self.best_number is not None:
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in self.best_params.items())
+            shown = ", ".join(f"{k}={short(v)}" for k, v in self.best_params.items())
             best = f"; best {self.best_value:.4f} (#{self.best_number}: {shown})"
         return ", ".join(parts) + best
 
@@ -139,11 +140,10 @@ def leaderboard(study: Any, n: int = 5) -> str:
     rows = [["trial", "value", *keys, "steps", "seconds"]]
     for t in done[:n]:
         rows.append(
-            [f"#{t.number}", f"{t.value:.4f}", *(_fmt(t.params.get(k)) for k in keys),
+            [f"#{t.number}", f"{t.value:.4f}", *(short(t.params.get(k)) for k in keys),
              str(t.user_attrs.get("steps", "")), f"{t.user_attrs.get('seconds', 0):.1f}"]
         )  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(table(rows))
 
 
 def open_study(config: SweepConfig, *, parallel: bool = False, queue_grid: bool = True) -> Any:
@@ -507,7 +507,3 @@ def _shape_key(shape: Mapping[str, Any]) -> str:
 
 def _exit_reason(code: int) -> str:
     return f"signal {-code}" if code < 0 else f"exit code {code}"
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
