@@ -27,7 +27,9 @@ from mutransfer.coord import GROWTH_THRESHOLD, CoordCheck, coord_check
 from mutransfer.data import Batches, factory_keywords, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.factory import load
-from mutransfer.grid import PARAMETRIZATIONS, Grid, grid
+from mutransfer.grid import Grid, grid
+from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
+from mutransfer.parametrizations import label
 from mutransfer.scaling import plan as make_plan
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
@@ -94,12 +96,12 @@ def _coord_check(args: argparse.Namespace) -> int:
         runs.insert(0, ("sp", {**shape, **parse_shape(args.sp_set)}))
     results: list[CoordCheck] = []
     for parametrization, shape in runs:
-        label = "muP" if parametrization == "mup" else "standard"
+        name = label(parametrization)
         result = coord_check(
             make_model,
             parametrization=parametrization,
             shape=shape,
-            progress=_Progress(f"coord-check {label}"),
+            progress=_Progress(f"coord-check {name}"),
             **settings,
         )
         print(result.table(), end="\n\n")
@@ -583,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="where to write them (default: STUDY-target.json)")
     t.add_argument(
         "--parametrization",
-        choices=["mup", "sp"],
+        choices=list(PARAMETRIZATIONS),
         help="sp copies the values without muP scaling, for comparison (default: the config's)",
     )
     config_command("validate", _validate, "check a config file and report every problem")

@@ -45,8 +45,10 @@ from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.data import TokenData, load_for_training
 from mutransfer.errors import MutransferError
 from mutransfer.files import changes, check_format, load_json, number, save_json
-from mutransfer.grid import Optimum, fit_optimum, parametrization_label
+from mutransfer.grid import Optimum, fit_optimum
 from mutransfer.models import GPT
+from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
+from mutransfer.parametrizations import label
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
 from mutransfer.sweep.experiment import Experiment, build_tuned
 from mutransfer.text import table
@@ -57,7 +59,6 @@ __all__ = ["PHASES", "QUICK", "DemoResult", "Sizes", "run"]
 
 FORMAT_VERSION = 1
 PHASES = ("coordinate check", "proxy sweeps", "target runs", "LR scans")
-PARAMETRIZATIONS = ("mup", "sp")
 # progress(phase, done, total, what runs next, estimated seconds left or None)
 Progress = Callable[[str, int, int, str, float | None], None]
 # what the demo writes into its folder; a fresh run removes these and nothing else
@@ -182,7 +183,7 @@ class DemoResult:
         """One sentence: which target is better, by how much, and the honest caveat."""
         change = self.summary()["mup_vs_sp"]
         if math.isnan(change):
-            diverged = [parametrization_label(p) for p in PARAMETRIZATIONS if self.target[p]["diverged"]]
+            diverged = [label(p) for p in PARAMETRIZATIONS if self.target[p]["diverged"]]
             return f"The {' and '.join(diverged)} target diverged with the proxy's values."
         if abs(change) < 0.0005:
             which = "The two targets' losses agree within 0.05%"
@@ -297,7 +298,7 @@ def run(
                 PHASES[2],
                 i,
                 2,
-                f"{parametrization_label(p)} width {sizes.target}, the proxy's best values",
+                f"{label(p)} width {sizes.target}, the proxy's best values",
                 None,
             )
             with clock(PHASES[2]):
@@ -326,7 +327,7 @@ def run(
             PHASES[3],
             sum(map(len, result.scan.values())),
             total,
-            f"{parametrization_label(p)} width {width}, lr 2^{k}",
+            f"{label(p)} width {width}, lr 2^{k}",
             left,
         )
         with clock(PHASES[3]):
@@ -360,9 +361,7 @@ def _coord_phase(sizes: Sizes, text: Any, device: str, progress: Callable[..., N
             parametrization=p,
             shape=shape,
             device=device,
-            progress=lambda d, n, w, i=i, p=p: progress(
-                i * runs + d, 2 * runs, f"{parametrization_label(p)} {w}", None
-            ),
+            progress=lambda d, n, w, i=i, p=p: progress(i * runs + d, 2 * runs, f"{label(p)} {w}", None),
         )
         results[p] = check.to_dict()
     return results
@@ -387,7 +386,7 @@ def _sweep_config(parametrization: str, sizes: Sizes, data: str, out: Path, devi
         trials=sizes.trials if parametrization == "mup" else sizes.sp_trials,
         space=space,
         pruner="none",  # every trial trained to the end: the figure shows the whole landscape
-        study=parametrization_label(parametrization),
+        study=label(parametrization),
         storage=str(out / "sweep.journal"),
         device=device,
     )

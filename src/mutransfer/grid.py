@@ -44,6 +44,8 @@ from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct, name_of
 from mutransfer.files import check_protocol, jsonable, load_json, number, save_json
+from mutransfer.parametrizations import check as check_parametrizations
+from mutransfer.parametrizations import label
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.text import table
 from mutransfer.train import (
@@ -60,21 +62,12 @@ from mutransfer.train import (
 
 __all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "grid", "transfer_lr"]
 
-PARAMETRIZATIONS = {"sp": "standard", "mup": "muP"}
-
 
 def plural(axis: str) -> str:
     """How text names several sizes of an axis."""
     return {"steps": "training lengths", "batch_size": "batch sizes", "block_size": "sequence lengths"}.get(
         axis, f"{axis}s"
     )
-
-
-def parametrization_label(name: str, axis: str = "width") -> str:
-    """How tables and plots name a parametrization: over depth, "mup" is the CompleteP plan."""
-    if name == "mup" and axis == "depth":
-        return "CompleteP"
-    return PARAMETRIZATIONS.get(name, name)
 
 
 # progress(cells done, cells in all, what runs next, estimated seconds left or None)
@@ -207,7 +200,7 @@ class Grid:
                 rows.append([f"{axis} {o.width}", *cells, _optimum_text(o)])
             base_axis = p["width_key"] if axis in TRAINING_AXES else axis
             base = f" (base {base_axis} {p['base']})" if name == "mup" else ""
-            lines += ["", f"{parametrization_label(name, axis)}{base}:"]
+            lines += ["", f"{label(name, axis)}{base}:"]
             lines += table(rows, align="r", indent="  ")
             lines.append(_verdict_text(s, self.widths, axis))
         edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
@@ -335,11 +328,7 @@ def grid(
             f"a grid needs at least 3 positive learning rates to locate an optimum, got {lrs}. "
             "Fix: e.g. lrs=[2**k for k in range(-12, -4)]."
         )
-    unknown = [p for p in parametrizations if p not in PARAMETRIZATIONS]
-    if unknown or not parametrizations:
-        raise MutransferError(
-            f"parametrizations must be among {list(PARAMETRIZATIONS)}, got {list(parametrizations)}."
-        )
+    check_parametrizations(parametrizations, "parametrizations")
     if seeds < 1:
         raise MutransferError(f"seeds must be at least 1, got {seeds}.")
     _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
@@ -601,7 +590,7 @@ def _parameter_count(make_model: Callable[..., nn.Module], shape: Mapping[str, A
 def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
     name, width, lr, seed, transfer = cell
     what = "transfer run" if transfer else "cell"
-    return f"{what} {parametrization_label(name, axis)} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
+    return f"{what} {label(name, axis)} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
 
 
 def _cell_text(value: float, best: bool) -> str:

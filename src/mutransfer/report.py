@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mutransfer.errors import MutransferError
-from mutransfer.grid import parametrization_label
+from mutransfer.parametrizations import label as parametrization_label
 
 if TYPE_CHECKING:
     from mutransfer.coord import CoordCheck

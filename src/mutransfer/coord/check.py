@@ -41,7 +41,7 @@ import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +52,8 @@ from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, MutransferWarning, check_number
 from mutransfer.files import save_json
+from mutransfer.parametrizations import Parametrization
+from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
 from mutransfer.text import table
@@ -65,7 +67,6 @@ __all__ = ["GROWTH_THRESHOLD", "RELIABLE", "CoordCheck", "coord_check"]
 # midway. Exact muP would give 0, and SP's readout 1, at infinite width.
 GROWTH_THRESHOLD = 0.35
 
-Parametrization = Literal["mup", "sp"]
 Progress = Callable[[int, int, str], None]
 
 # The role that names a module, strongest first (a Linear's weight outranks its bias).
@@ -207,8 +208,7 @@ def coord_check(
         )
     if steps < 1 or seeds < 1:
         raise MutransferError(f"steps and seeds must be at least 1, got steps={steps}, seeds={seeds}.")
-    if parametrization not in ("mup", "sp"):
-        raise MutransferError(f"parametrization must be 'mup' or 'sp', got {parametrization!r}.")
+    check_parametrizations(parametrization)
     _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
     implied = factory_keywords(data, make_model)  # the vocabulary or input size, where shape leaves it open
     shape = {**{k: v for k, v in implied.items() if k != "block_size"}, **dict(shape or {})}

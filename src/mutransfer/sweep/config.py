@@ -36,11 +36,12 @@ except ModuleNotFoundError:  # Python 3.10
 
 from mutransfer.errors import MutransferError
 from mutransfer.factory import construct, keywords, load
+from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.scaling.roles import parameter_layout, width_multiplier
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
-__all__ = ["HPARAMS", "METRICS", "PARAMETRIZATIONS", "ConfigError", "SweepConfig", "load_config"]
+__all__ = ["HPARAMS", "METRICS", "ConfigError", "SweepConfig", "load_config"]
 
 # What the built-in trainer understands in [space]; any factory keyword may be searched too.
 HPARAMS = {
@@ -53,7 +54,6 @@ HPARAMS = {
 }
 METRICS = ("val_loss", "train_loss")
 LR_AXES = {"steps": "target_steps", "batch_size": "target_batch_size"}  # axis -> the target's field
-PARAMETRIZATIONS = ("mup", "sp")
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("halving", "none")
 
@@ -165,7 +165,7 @@ class SweepConfig:
         if not self.factory:
             found.append('factory: required, e.g. factory = "mutransfer.models:MLP"')
         for key, choices in (
-            ("parametrization", PARAMETRIZATIONS),
+            ("parametrization", tuple(PARAMETRIZATIONS)),
             ("metric", METRICS),
             ("optimizer", tuple(OPTIMIZERS)),
             ("schedule", SCHEDULES),
