@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 import mutransfer
+from mutransfer.axis import width_plan
 from mutransfer.fit import fit_power_law
 from mutransfer.models import GPT
 from mutransfer.report import plot_grid
-from mutransfer.train import build, train, width_plan
+from mutransfer.train import build, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from transfer import RESULTS, first_available, progress, provenance

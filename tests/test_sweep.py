@@ -477,7 +477,8 @@ def test_postgres_workers_share_a_study_and_a_killed_one_loses_nothing(tmp_path,
 def test_an_absorbed_output_multiplier_trains_like_a_forward_one():
     """Under Adam, logits = a * W x trains the same as W' = a * W with LR a * lr: the sweep's
     output_mult changes nothing in the forward pass and still means what it says."""
-    from mutransfer.train import build, width_plan
+    from mutransfer.axis import width_plan
+    from mutransfer.train import build
     from sweep_helpers import mlp_without_readout_bias as MLP
 
     a, lr, shape = 4.0, 1e-2, {"width": 32, "in_features": 8, "out_features": 3}

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import mutransfer
+from mutransfer.axis import width_plan
 from mutransfer.data import digits
 from mutransfer.models import MLP
-from mutransfer.train import build, lr_factor, train, width_plan
+from mutransfer.train import build, lr_factor, train
 
 SHAPE = {"in_features": 64}
 

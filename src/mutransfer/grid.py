@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mutransfer.axis import TRAINING_AXES, axis_of, plural
 from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
@@ -49,10 +50,8 @@ from mutransfer.parametrizations import label
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.text import table
 from mutransfer.train import (
-    TRAINING_AXES,
     LossFn,
     OptimizerSpec,
-    axis_of,
     build,
     check_budget,
     cross_entropy,
@@ -61,13 +60,6 @@ from mutransfer.train import (
 )
 
 __all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "grid", "transfer_lr"]
-
-
-def plural(axis: str) -> str:
-    """How text names several sizes of an axis."""
-    return {"steps": "training lengths", "batch_size": "batch sizes", "block_size": "sequence lengths"}.get(
-        axis, f"{axis}s"
-    )
 
 
 # progress(cells done, cells in all, what runs next, estimated seconds left or None)

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mutransfer.axis import axis_of
 from mutransfer.coord.probe import MEASURES, Run, run
 from mutransfer.coord.verdict import ModuleCheck, judge, slope, slopes
 from mutransfer.data import factory_keywords
@@ -57,7 +58,7 @@ from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
 from mutransfer.text import table
-from mutransfer.train import LossFn, OptimizerSpec, axis_of, build, cross_entropy, optimizer_class
+from mutransfer.train import LossFn, OptimizerSpec, build, cross_entropy, optimizer_class
 
 __all__ = ["GROWTH_THRESHOLD", "RELIABLE", "CoordCheck", "coord_check"]
 
