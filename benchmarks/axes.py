@@ -107,7 +107,7 @@ def one_axis(p: dict, axis: str, out: Path, device: str) -> dict:
     print(result.table(), end="\n\n")
     optima = [result.optimum("mup", s) for s in fitted]
     kept = [o for o in optima if o.method in ("parabola", "argmin")]
-    law = fit_power_law(axis, [o.width for o in kept], [o.log2_lr for o in kept])
+    law = fit_power_law(axis, [o.size for o in kept], [o.log2_lr for o in kept])
     predicted = law.predict(held)
     summary = result.summary("mup")
     reuse_log2 = summary.transfer_log2_lr  # the smallest size's optimum, reused at the held-out size
@@ -121,10 +121,10 @@ def one_axis(p: dict, axis: str, out: Path, device: str) -> dict:
         "seeds": p["seeds"],
         "fitted_sizes": fitted,
         "held_out": held,
-        "optima_log2_lr": {str(o.width): o.log2_lr for o in [*optima, own]},
-        "optimum_methods": {str(o.width): o.method for o in [*optima, own]},
+        "optima_log2_lr": {str(o.size): o.log2_lr for o in [*optima, own]},
+        "optimum_methods": {str(o.size): o.method for o in [*optima, own]},
         "fit": law.to_dict(),
-        "left_out_of_fit": [o.width for o in optima if o not in kept],
+        "left_out_of_fit": [o.size for o in optima if o not in kept],
         "prediction": {
             "log2_lr": predicted.log2_lr,
             "log2_lr_se": predicted.log2_lr_se,

@@ -77,7 +77,7 @@ def test_demo_writes_results_report_and_summary(quick_demo):
     # every phase ran, with progress on stderr for each
     for i, phase in enumerate(demo.PHASES, start=1):
         assert f"[{i}/4] {phase}:" in done.stderr
-    assert result.coord["sp"]["widths"] == list(demo.QUICK.coord_widths)
+    assert result.coord["sp"]["sizes"] == list(demo.QUICK.coord_widths)
     # two sweeps in one journal: muP searches the multipliers too, standard the LR alone
     assert (out / "sweep.journal").exists()
     assert result.sweep["mup"]["searched"] == ["lr", "input_mult", "output_mult"]

@@ -84,7 +84,7 @@ def test_a_real_grid_over_a_training_axis_fits(axis, values, check, tmp_path):
         path=tmp_path / "g.json",
         **settings,
     )
-    assert result.axis == axis and result.widths == tuple(values) and result.parametrizations == ("mup",)
+    assert result.axis == axis and result.sizes == tuple(values) and result.parametrizations == ("mup",)
     assert all(check(c) for c in result.cells)
     assert result.protocol[axis] is None and result.protocol["width_key"] == "width"
     if axis == "batch_size":
@@ -105,7 +105,7 @@ def test_a_sequence_length_grid_resizes_the_data_and_the_model():
         block_size=[16, 32],
         eval_batches=1,
     )
-    assert result.axis == "block_size" and result.widths == (16, 32)
+    assert result.axis == "block_size" and result.sizes == (16, 32)
     assert all(math.isfinite(c.val_loss) for c in result.cells)
 
 

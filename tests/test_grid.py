@@ -82,7 +82,7 @@ def test_regret_comes_from_a_run_at_the_narrowest_optimum(small):
         s = result.summary(name)
         transfer = [c for c in result.cells if c.transfer and c.parametrization == name]
         if transfer:  # the optimum fell between grid points: one run measures it at the widest width
-            assert [(c.width, math.log2(c.lr)) for c in transfer] == [(128, s.transfer_log2_lr)]
+            assert [(c.size, math.log2(c.lr)) for c in transfer] == [(128, s.transfer_log2_lr)]
             assert s.transfer_loss == transfer[0].val_loss
         assert s.regret == pytest.approx(s.transfer_loss / s.best_loss - 1)
         assert s.best_loss <= s.optima[-1].loss

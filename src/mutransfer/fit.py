@@ -156,14 +156,14 @@ def fit(grid, parametrization: str | None = None) -> PowerLaw:
     name = parametrization or ("mup" if "mup" in grid.parametrizations else grid.parametrizations[0])
     if name not in grid.parametrizations:
         raise MutransferError(f"this grid has no {name!r} cells; it has {list(grid.parametrizations)}.")
-    optima = [grid.optimum(name, w) for w in grid.widths]
+    optima = [grid.optimum(name, w) for w in grid.sizes]
     kept = [o for o in optima if o.method in ("parabola", "argmin")]
-    left = tuple(o.width for o in optima if o not in kept)
+    left = tuple(o.size for o in optima if o not in kept)
     if len(kept) < 2:
         raise MutransferError(
-            f"only {len(kept)} of the {grid.axis} values {list(grid.widths)} has an optimum inside the LR "
+            f"only {len(kept)} of the {grid.axis} values {list(grid.sizes)} has an optimum inside the LR "
             f"range (at the edge or diverged: {list(left)}); a power law needs 2 or more. Fix: extend the "
             "grid's LR range on the side where the best LR lies (the grid's table marks it 'edge')."
         )
-    law = fit_power_law(grid.axis, [o.width for o in kept], [o.log2_lr for o in kept])
+    law = fit_power_law(grid.axis, [o.size for o in kept], [o.log2_lr for o in kept])
     return replace(law, left_out=left)

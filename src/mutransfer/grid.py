@@ -73,7 +73,7 @@ class Cell:
     In a depth grid ``width`` is the number of blocks (and "widest" the deepest)."""
 
     parametrization: str
-    width: int
+    size: int
     lr: float
     seed: int
     val_loss: float
@@ -86,7 +86,7 @@ class Cell:
 
     @property
     def key(self) -> tuple[str, int, float, int, bool]:
-        return (self.parametrization, self.width, self.lr, self.seed, self.transfer)
+        return (self.parametrization, self.size, self.lr, self.seed, self.transfer)
 
 
 @dataclass(frozen=True)
@@ -96,9 +96,9 @@ class Optimum:
     optimum may lie outside), ``argmin`` (the parabola does not open upwards or a neighbour
     diverged) or ``none`` (every LR diverged)."""
 
-    width: int
+    size: int
     log2_lr: float
-    loss: float  # the best validation loss on the grid at this width
+    loss: float  # the best validation loss on the grid at this size
     method: str
 
 
@@ -121,7 +121,7 @@ class Grid:
     JSON round-trip. Everything else (losses, optima, drift, regret) is computed from cells."""
 
     protocol: dict[str, Any]
-    widths: tuple[int, ...]
+    sizes: tuple[int, ...]
     lrs: tuple[float, ...]
     parametrizations: tuple[str, ...]
     seeds: int
@@ -131,12 +131,17 @@ class Grid:
     def complete(self) -> bool:
         return not _missing(self)
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Deprecated name of ``sizes`` (they need not be widths), kept for one release."""
+        return self.sizes
+
     def loss(self, parametrization: str, width: int, lr: float, *, transfer: bool = False) -> float:
         """Validation loss averaged over seeds; ``inf`` if any seed diverged, nan if not run."""
         values = [
             c.val_loss
             for c in self.cells
-            if (c.parametrization, c.width, c.lr, c.transfer) == (parametrization, width, lr, transfer)
+            if (c.parametrization, c.size, c.lr, c.transfer) == (parametrization, width, lr, transfer)
         ]
         if transfer and not values and lr in self.lrs:  # the optimum fell on a grid point
             return self.loss(parametrization, width, lr)
@@ -147,10 +152,10 @@ class Grid:
         return fit_optimum(width, [math.log2(lr) for lr in self.lrs], losses)
 
     def summary(self, parametrization: str) -> Summary:
-        optima = tuple(self.optimum(parametrization, w) for w in self.widths)
+        optima = tuple(self.optimum(parametrization, w) for w in self.sizes)
         found = [o.log2_lr for o in optima if o.method != "none"]
         drift = max(found) - min(found) if len(found) == len(optima) else math.nan
-        widest = self.widths[-1]
+        widest = self.sizes[-1]
         lr = transfer_lr(optima[0])
         transfer = self.loss(parametrization, widest, lr, transfer=True) if lr else math.nan
         best = min(optima[-1].loss, transfer) if not math.isnan(transfer) else optima[-1].loss
@@ -187,15 +192,15 @@ class Grid:
         for name, s in zip(self.parametrizations, summaries, strict=True):
             rows = [head]
             for o in s.optima:
-                losses = [self.loss(name, o.width, lr) for lr in self.lrs]
+                losses = [self.loss(name, o.size, lr) for lr in self.lrs]
                 cells = [_cell_text(v, v == o.loss) for v in losses]
-                rows.append([f"{axis} {o.width}", *cells, _optimum_text(o)])
+                rows.append([f"{axis} {o.size}", *cells, _optimum_text(o)])
             base_axis = p["width_key"] if axis in TRAINING_AXES else axis
             base = f" (base {base_axis} {p['base']})" if name == "mup" else ""
             lines += ["", f"{label(name, axis)}{base}:"]
             lines += table(rows, align="r", indent="  ")
-            lines.append(_verdict_text(s, self.widths, axis))
-        edge = sorted({o.width for s in summaries for o in s.optima if o.method == "edge"})
+            lines.append(_verdict_text(s, self.sizes, axis))
+        edge = sorted({o.size for s in summaries for o in s.optima if o.method == "edge"})
         if edge:
             lines.append(
                 f"note: at {plural(axis)} {edge} the best LR is at the grid's edge, so the optimum may lie "
@@ -212,13 +217,10 @@ class Grid:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Grid:
-        cells = tuple(
-            Cell(**{**c, "val_loss": number(c["val_loss"]), "train_loss": number(c["train_loss"])})
-            for c in data["cells"]
-        )
+        cells = tuple(Cell(**_cell_fields(c)) for c in data["cells"])
         return cls(
             protocol=dict(data["protocol"]),
-            widths=tuple(data["widths"]),
+            sizes=tuple(data["sizes"] if "sizes" in data else data["widths"]),  # "widths" before 0.2
             lrs=tuple(data["lrs"]),
             parametrizations=tuple(data["parametrizations"]),
             seeds=data["seeds"],
@@ -505,22 +507,22 @@ def _missing(result: Grid) -> list[tuple[str, int, float, int, bool]]:
     have = {c.key for c in result.cells}
     todo = [
         (name, w, lr, seed, False)
-        for w in result.widths
+        for w in result.sizes
         for name in result.parametrizations
         for lr in result.lrs
         for seed in range(result.seeds)
         if (name, w, lr, seed, False) not in have
     ]
-    narrowest_done = not any(w == result.widths[0] for _, w, _, _, _ in todo)
+    narrowest_done = not any(w == result.sizes[0] for _, w, _, _, _ in todo)
     if narrowest_done:
         for name in result.parametrizations:
-            lr = transfer_lr(result.optimum(name, result.widths[0]))
+            lr = transfer_lr(result.optimum(name, result.sizes[0]))
             if lr is None or lr in result.lrs:  # diverged everywhere, or a grid cell already measures it
                 continue
             todo += [
-                (name, result.widths[-1], lr, seed, True)
+                (name, result.sizes[-1], lr, seed, True)
                 for seed in range(result.seeds)
-                if (name, result.widths[-1], lr, seed, True) not in have
+                if (name, result.sizes[-1], lr, seed, True) not in have
             ]
     return todo
 
@@ -536,12 +538,12 @@ def _resume(saved: Grid, fresh: Grid, path: str | os.PathLike) -> Grid:
     wanted = {
         (name, w, lr, seed)
         for name in fresh.parametrizations
-        for w in fresh.widths
+        for w in fresh.sizes
         for lr in fresh.lrs
         for seed in range(fresh.seeds)
     }
     kept = replace(
-        fresh, cells=tuple(c for c in saved.cells if (c.parametrization, c.width, c.lr, c.seed) in wanted)
+        fresh, cells=tuple(c for c in saved.cells if (c.parametrization, c.size, c.lr, c.seed) in wanted)
     )
     # a transfer run still counts if the narrowest width is complete and gives the same optimum;
     # otherwise it is run again once the narrowest width is done
@@ -551,9 +553,9 @@ def _resume(saved: Grid, fresh: Grid, path: str | os.PathLike) -> Grid:
         for c in saved.cells
         if c.transfer
         and c.parametrization in fresh.parametrizations
-        and (c.parametrization, fresh.widths[0]) not in pending
-        and (c.width, c.seed) in {(fresh.widths[-1], s) for s in range(fresh.seeds)}
-        and c.lr == transfer_lr(kept.optimum(c.parametrization, fresh.widths[0]))
+        and (c.parametrization, fresh.sizes[0]) not in pending
+        and (c.size, c.seed) in {(fresh.sizes[-1], s) for s in range(fresh.seeds)}
+        and c.lr == transfer_lr(kept.optimum(c.parametrization, fresh.sizes[0]))
     )
     return replace(kept, cells=kept.cells + transfer)
 
@@ -567,7 +569,7 @@ class _Clock:
 
     def add(self, cell: Cell) -> None:
         self.seconds += cell.seconds
-        self.params += self.sizes[cell.width]
+        self.params += self.sizes[cell.size]
 
     def left(self, todo: Sequence[tuple[str, int, float, int, bool]]) -> float | None:
         if not self.params:
@@ -583,6 +585,13 @@ def _label(cell: tuple[str, int, float, int, bool], axis: str = "width") -> str:
     name, width, lr, seed, transfer = cell
     what = "transfer run" if transfer else "cell"
     return f"{what} {label(name, axis)} {axis} {width} lr 2^{math.log2(lr):.3g} seed {seed}"
+
+
+def _cell_fields(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved cell's fields: null losses (diverged) read as inf, "width" (before 0.2) as size."""
+    fields = {k: v for k, v in cell.items() if k != "width"}
+    fields.setdefault("size", cell.get("width"))
+    return fields | {"val_loss": number(cell["val_loss"]), "train_loss": number(cell["train_loss"])}
 
 
 def _cell_text(value: float, best: bool) -> str:

@@ -97,7 +97,7 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
             m = verdicts[name]
             ys = [c[t] if t < len(c) else float("nan") for c in per_width]
             ax.plot(
-                result.widths,
+                result.sizes,
                 ys,
                 color=_KIND_COLOURS.get(m.kind, _KIND_COLOURS["other"]),
                 lw=2.4 if name in marked else 0.9,
@@ -107,7 +107,7 @@ def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
             )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xticks(result.widths, [str(w) for w in result.widths])
+        ax.set_xticks(result.sizes, [str(w) for w in result.sizes])
         ax.set_title(f"step {t}", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3, which="both", lw=0.4)
@@ -148,7 +148,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
         s = result.summary(name)
         for i, o in enumerate(s.optima):
             colour = colours(i / max(1, len(s.optima) - 1) * 0.9)
-            ys = [result.loss(name, o.width, lr) for lr in result.lrs]
+            ys = [result.loss(name, o.size, lr) for lr in result.lrs]
             ax.plot(
                 xs,
                 [y if math.isfinite(y) else math.nan for y in ys],
@@ -156,7 +156,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
                 color=colour,
                 ms=3,
                 lw=1.4,
-                label=f"{result.axis} {o.width}",
+                label=f"{result.axis} {o.size}",
             )
             bad = [x for x, y in zip(xs, ys, strict=True) if math.isinf(y)]
             if bad:  # drawn on the top edge
@@ -199,7 +199,7 @@ def _loss_range(result: Grid) -> tuple[float, float]:
     low = min(losses)
     near = []
     for name in result.parametrizations:
-        for w in result.widths:
+        for w in result.sizes:
             row = [result.loss(name, w, lr) for lr in result.lrs]
             finite = sorted(v for v in row if math.isfinite(v))
             near += finite[:5]

@@ -86,7 +86,7 @@ class CoordCheck:
     """
 
     parametrization: str
-    widths: tuple[int, ...]
+    sizes: tuple[int, ...]
     steps: int
     seeds: int
     lr: float
@@ -103,12 +103,17 @@ class CoordCheck:
         return all(m.passed for m in self.modules)
 
     @property
+    def widths(self) -> tuple[int, ...]:
+        """Deprecated name of ``sizes`` (they may be depths), kept for one release."""
+        return self.sizes
+
+    @property
     def failures(self) -> tuple[ModuleCheck, ...]:
         return tuple(m for m in self.modules if not m.passed)
 
     def slopes(self, module: str, measure: str = "rms") -> list[float]:
         """Growth exponent of one measure of ``module`` at every step."""
-        return slopes(self.widths, self.curves[measure].get(module, []), self.steps + 1)
+        return slopes(self.sizes, self.curves[measure].get(module, []), self.steps + 1)
 
     def table(self) -> str:
         """One line per module with its worst exponent per measure and its verdict, then the hints."""
@@ -121,7 +126,7 @@ class CoordCheck:
         ]
         axis = self.axis
         lines = [
-            f"coordinate check ({self.parametrization}, {axis}s {list(self.widths)}, {self.steps} steps, "
+            f"coordinate check ({self.parametrization}, {axis}s {list(self.sizes)}, {self.steps} steps, "
             f"{self.seeds} seeds, {self.optimizer} lr {self.lr:g}): exponent s of {axis}**s; "
             f"fail above {self.threshold:g}, or below -{self.threshold:g} for a layer's own updates"
             + ("; 'change' is judged on the blocks' outputs only" if axis == "depth" else "")
@@ -146,7 +151,7 @@ class CoordCheck:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CoordCheck:
         fields = {k: v for k, v in data.items() if k != "passed"}
-        fields["widths"] = tuple(fields["widths"])
+        fields["sizes"] = tuple(fields.pop("widths", None) or fields["sizes"])  # "widths" before 0.2
         fields["modules"] = tuple(ModuleCheck(**m) for m in fields["modules"])
         return cls(**fields)
 
@@ -277,7 +282,7 @@ def coord_check(
     mean_loss = [_mean(s) for s in losses]
     return CoordCheck(
         parametrization=parametrization,
-        widths=tuple(widths),
+        sizes=tuple(widths),
         steps=steps,
         seeds=seeds,
         lr=lr,

@@ -1,0 +1,41 @@
+"""The results saved in benchmarks/results/ still load with this version: grids (written with
+"widths" and cells' "width" before sizes had their own name) and the demo's results with its
+coordinate checks. A reader that stopped understanding them would orphan every figure in the
+READMEs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mutransfer.coord import CoordCheck
+from mutransfer.demo import DemoResult
+from mutransfer.grid import Grid
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+GRIDS = sorted(p for p in RESULTS.rglob("*.json") if {"protocol", "cells"} <= set(json.loads(p.read_text())))
+
+
+def test_there_are_saved_grids_to_read():
+    assert len(GRIDS) >= 10
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=lambda p: str(p.relative_to(RESULTS)))
+def test_a_saved_grid_loads_and_summarises(path):
+    grid = Grid.load(path)
+    raw = json.loads(path.read_text())
+    assert grid.sizes == tuple(raw.get("sizes", raw.get("widths")))
+    assert {c.size for c in grid.cells} <= set(grid.sizes)
+    for name in grid.parametrizations:
+        assert len(grid.summary(name).optima) == len(grid.sizes)
+    assert grid.table()
+
+
+def test_the_saved_demo_loads_with_its_coordinate_checks():
+    result = DemoResult.load(RESULTS / "demo.json")
+    checks = [CoordCheck.from_dict(result.coord[p]) for p in ("mup", "sp")]
+    assert checks[0].passed and not checks[1].passed
+    assert checks[0].sizes == (32, 64, 128, 256) and checks[0].widths == checks[0].sizes
+    assert "muTransfer demo" in result.table()
