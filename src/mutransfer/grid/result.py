@@ -1,0 +1,285 @@
+"""A grid's results: its cells, and what they say (optima, drift, regret); plain data with a
+JSON round-trip. Nothing here trains: ``run.py`` fills the cells."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from mutransfer.axis import TRAINING_AXES, plural
+from mutransfer.errors import MutransferError
+from mutransfer.files import jsonable, load_json, number, save_json
+from mutransfer.parametrizations import label
+from mutransfer.text import table
+
+__all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "missing", "transfer_lr", "with_cell"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the grid. ``val_loss`` is ``inf`` when it ``diverged`` (the reason).
+    ``transfer`` marks the extra run at the widest width with the narrowest width's optimum.
+    In a depth grid ``width`` is the number of blocks (and "widest" the deepest)."""
+
+    parametrization: str
+    size: int
+    lr: float
+    seed: int
+    val_loss: float
+    train_loss: float
+    steps: int
+    seconds: float
+    diverged: str = ""
+    transfer: bool = False
+    curve: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def key(self) -> tuple[str, int, float, int, bool]:
+        return (self.parametrization, self.size, self.lr, self.seed, self.transfer)
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """The best learning rate at one width. ``method``: ``parabola`` (vertex through the grid
+    minimum and its neighbours), ``edge`` (the minimum is the grid's first or last LR: the true
+    optimum may lie outside), ``argmin`` (the parabola does not open upwards or a neighbour
+    diverged) or ``none`` (every LR diverged)."""
+
+    size: int
+    log2_lr: float
+    loss: float  # the best validation loss on the grid at this size
+    method: str
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the grid says about one parametrization."""
+
+    parametrization: str
+    optima: tuple[Optimum, ...]
+    drift: float  # max minus min of the optimal log2 LR over the widths
+    transfer_log2_lr: float  # the narrowest width's optimum, reused at the widest
+    transfer_loss: float  # the widest width's validation loss at that LR
+    best_loss: float  # the widest width's best validation loss (grid or transfer run)
+    regret: float  # transfer_loss / best_loss - 1
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells of a width x LR grid and the protocol they were trained under; plain data with a
+    JSON round-trip. Everything else (losses, optima, drift, regret) is computed from cells."""
+
+    protocol: dict[str, Any]
+    sizes: tuple[int, ...]
+    lrs: tuple[float, ...]
+    parametrizations: tuple[str, ...]
+    seeds: int
+    cells: tuple[Cell, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        return not missing(self)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Deprecated name of ``sizes`` (they need not be widths), kept for one release."""
+        return self.sizes
+
+    def loss(self, parametrization: str, width: int, lr: float, *, transfer: bool = False) -> float:
+        """Validation loss averaged over seeds; ``inf`` if any seed diverged, nan if not run."""
+        values = [
+            c.val_loss
+            for c in self.cells
+            if (c.parametrization, c.size, c.lr, c.transfer) == (parametrization, width, lr, transfer)
+        ]
+        if transfer and not values and lr in self.lrs:  # the optimum fell on a grid point
+            return self.loss(parametrization, width, lr)
+        return sum(values) / len(values) if values else math.nan
+
+    def optimum(self, parametrization: str, width: int) -> Optimum:
+        losses = [self.loss(parametrization, width, lr) for lr in self.lrs]
+        return fit_optimum(width, [math.log2(lr) for lr in self.lrs], losses)
+
+    def summary(self, parametrization: str) -> Summary:
+        optima = tuple(self.optimum(parametrization, w) for w in self.sizes)
+        found = [o.log2_lr for o in optima if o.method != "none"]
+        drift = max(found) - min(found) if len(found) == len(optima) else math.nan
+        widest = self.sizes[-1]
+        lr = transfer_lr(optima[0])
+        transfer = self.loss(parametrization, widest, lr, transfer=True) if lr else math.nan
+        best = min(optima[-1].loss, transfer) if not math.isnan(transfer) else optima[-1].loss
+        regret = transfer / best - 1 if math.isfinite(best) and not math.isnan(transfer) else math.nan
+        return Summary(
+            parametrization=parametrization,
+            optima=optima,
+            drift=drift,
+            transfer_log2_lr=math.log2(lr) if lr else math.nan,
+            transfer_loss=transfer,
+            best_loss=best,
+            regret=regret,
+        )
+
+    @property
+    def axis(self) -> str:
+        """What the grid varies: ``width`` or ``depth``."""
+        return self.protocol.get("axis", "width")
+
+    def table(self) -> str:
+        """The loss of every cell (``*`` the best per width), then optimum, drift and regret."""
+        p = self.protocol
+        axis = self.axis
+        budget = {"steps": f"batch {p['batch_size']}", "batch_size": f"{p['steps']} steps"}.get(
+            axis, f"{p['steps']} steps of batch {p['batch_size']}"
+        )
+        model = f" at {p['width_key']} {p['shape'].get(p['width_key'])}" if axis in TRAINING_AXES else ""
+        lines = [
+            f"{axis} x LR grid: {p['factory']}{model} on {p['data']}, {budget}, {p['optimizer']}, "
+            f"warmup {p['warmup']:g} then {p['schedule']}; validation loss"
+        ]
+        head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
+        summaries = [self.summary(name) for name in self.parametrizations]
+        for name, s in zip(self.parametrizations, summaries, strict=True):
+            rows = [head]
+            for o in s.optima:
+                losses = [self.loss(name, o.size, lr) for lr in self.lrs]
+                cells = [_cell_text(v, v == o.loss) for v in losses]
+                rows.append([f"{axis} {o.size}", *cells, _optimum_text(o)])
+            base_axis = p["width_key"] if axis in TRAINING_AXES else axis
+            base = f" (base {base_axis} {p['base']})" if name == "mup" else ""
+            lines += ["", f"{label(name, axis)}{base}:"]
+            lines += table(rows, align="r", indent="  ")
+            lines.append(_verdict_text(s, self.sizes, axis))
+        edge = sorted({o.size for s in summaries for o in s.optima if o.method == "edge"})
+        if edge:
+            lines.append(
+                f"note: at {plural(axis)} {edge} the best LR is at the grid's edge, so the optimum may lie "
+                "outside it. Fix: extend the LR range on that side."
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["cells"] = [jsonable(c) for c in data["cells"]]
+        data["complete"] = self.complete
+        data["summary"] = {n: jsonable(asdict(self.summary(n))) for n in self.parametrizations}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Grid:
+        cells = tuple(Cell(**_cell_fields(c)) for c in data["cells"])
+        return cls(
+            protocol=dict(data["protocol"]),
+            sizes=tuple(data["sizes"] if "sizes" in data else data["widths"]),  # "widths" before 0.2
+            lrs=tuple(data["lrs"]),
+            parametrizations=tuple(data["parametrizations"]),
+            seeds=data["seeds"],
+            cells=cells,
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a kill mid-write leaves the previous file whole."""
+        save_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Grid:
+        fix = "pass another path, or move it away to start over."
+        data = load_json(path, "grid result file", fix)
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError) as exc:
+            raise MutransferError(
+                f"{path} is not a grid result file ({exc}). "
+                "Fix: pass another path, or delete it to start over."
+            ) from None
+
+
+def fit_optimum(width: int, log2_lrs: Sequence[float], losses: Sequence[float]) -> Optimum:
+    """The parabola's vertex through the grid minimum and its neighbours, kept between them."""
+    finite = [v for v in losses if math.isfinite(v)]
+    if not finite:
+        return Optimum(width, math.nan, math.inf, "none")
+    i = losses.index(min(finite))
+    x, y = log2_lrs, losses
+    if i == 0 or i == len(losses) - 1:
+        return Optimum(width, x[i], y[i], "edge")
+    if not (math.isfinite(y[i - 1]) and math.isfinite(y[i + 1])):
+        return Optimum(width, x[i], y[i], "argmin")
+    # y = a t^2 + b t + c through the three points, t = log2 lr - x[i]
+    t0, t2 = x[i - 1] - x[i], x[i + 1] - x[i]
+    d0, d2 = y[i - 1] - y[i], y[i + 1] - y[i]
+    a = (d2 / t2 - d0 / t0) / (t2 - t0)
+    b = d0 / t0 - a * t0
+    if a <= 0:
+        return Optimum(width, x[i], y[i], "argmin")
+    vertex = min(max(-b / (2 * a), t0), t2)
+    return Optimum(width, x[i] + vertex, y[i], "parabola")
+
+
+def transfer_lr(optimum: Optimum) -> float | None:
+    """The learning rate the transfer run uses: the optimum, rounded to 1/1000 of a log2 unit so
+    that a rerun finds the same cell."""
+    return 2.0 ** round(optimum.log2_lr, 3) if optimum.method != "none" else None
+
+
+def missing(result: Grid) -> list[tuple[str, int, float, int, bool]]:
+    """Cells still to run, narrowest width first; the transfer runs once the narrowest is done."""
+    have = {c.key for c in result.cells}
+    todo = [
+        (name, w, lr, seed, False)
+        for w in result.sizes
+        for name in result.parametrizations
+        for lr in result.lrs
+        for seed in range(result.seeds)
+        if (name, w, lr, seed, False) not in have
+    ]
+    narrowest_done = not any(w == result.sizes[0] for _, w, _, _, _ in todo)
+    if narrowest_done:
+        for name in result.parametrizations:
+            lr = transfer_lr(result.optimum(name, result.sizes[0]))
+            if lr is None or lr in result.lrs:  # diverged everywhere, or a grid cell already measures it
+                continue
+            todo += [
+                (name, result.sizes[-1], lr, seed, True)
+                for seed in range(result.seeds)
+                if (name, result.sizes[-1], lr, seed, True) not in have
+            ]
+    return todo
+
+
+def with_cell(result: Grid, cell: Cell) -> Grid:
+    return replace(result, cells=(*result.cells, cell))
+
+
+def _cell_fields(cell: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved cell's fields: null losses (diverged) read as inf, "width" (before 0.2) as size."""
+    fields = {k: v for k, v in cell.items() if k != "width"}
+    fields.setdefault("size", cell.get("width"))
+    return fields | {"val_loss": number(cell["val_loss"]), "train_loss": number(cell["train_loss"])}
+
+
+def _cell_text(value: float, best: bool) -> str:
+    if math.isnan(value):
+        return "-"
+    if math.isinf(value):
+        return "div"
+    return f"{value:.4f}{'*' if best else ' '}"
+
+
+def _optimum_text(o: Optimum) -> str:
+    if o.method == "none":
+        return "all diverged"
+    return f"2^{o.log2_lr:.2f} ({o.method})"
+
+
+def _verdict_text(s: Summary, widths: Sequence[int], axis: str = "width") -> str:
+    drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
+    text = f"  drift of the optimum over {plural(axis)} {widths[0]}..{widths[-1]}: {drift} log2 units"
+    if not math.isnan(s.regret):
+        text += (
+            f"\n  regret: {axis} {widths[-1]} at {axis} {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "
+            f"reaches {s.transfer_loss:.4f}, its best is {s.best_loss:.4f}: {100 * s.regret:+.2f}%"
+        )
+    return text

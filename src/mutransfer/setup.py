@@ -1,0 +1,205 @@
+"""What a coordinate check, a grid and a sweep trial share: the model to build, the way to train it.
+
+    >>> from mutransfer.models import GPT
+    >>> from mutransfer.setup import ModelSetup, TrainSetup
+    >>> model = ModelSetup(factory=GPT, shape={"base_d_head": 8}, sp_shape={"base_d_head": None})
+    >>> training = TrainSetup(data=mutransfer.data.stdlib(), steps=300, batch_size=32)  # doctest: +SKIP
+
+``ModelSetup``: the factory and its keywords (the standard model's own where they differ), and
+the muP plan's options (how the factory's init scales, tensors to zero, the tuned
+multipliers). ``TrainSetup``: the data and one run's budget, its schedule, its optimizer and
+loss, how many seeds, where. Both are frozen and checked when made, so a bad value fails before
+any training; ``protocol()`` is what a saved grid or study records, so a rerun under other
+settings is refused instead of mixing results. ``grid``, ``coord_check`` and the sweep keep
+their keyword arguments as front doors and build these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from mutransfer.data import factory_keywords
+from mutransfer.data.batches import Batches
+from mutransfer.errors import MutransferError, check_number
+from mutransfer.factory import name_of
+from mutransfer.scaling.plan import Plan
+from mutransfer.scaling.planning import BIASES, init_law_of
+from mutransfer.train import (
+    LossFn,
+    OptimizerSpec,
+    Run,
+    build,
+    check_budget,
+    cross_entropy,
+    optimizer_class,
+    train,
+)
+
+__all__ = ["MULTIPLIERS", "ModelSetup", "TrainSetup"]
+
+MULTIPLIERS = ("init_scale", "input_mult", "output_mult")  # tuned on the proxy, carried by muP
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSetup:
+    """The model: ``factory(**shape)`` plus the size keyword; see the module docstring."""
+
+    factory: Callable[..., nn.Module]
+    shape: Mapping[str, Any] = field(default_factory=dict)
+    """The factory's other keywords."""
+    sp_shape: Mapping[str, Any] = field(default_factory=dict)
+    """Keywords for the standard-parametrization model only (e.g. ``{"base_d_head": None}``)."""
+    init_law: str | None = None
+    """How the factory's init scales with width (``Plan.init_``); None: the plan's."""
+    zero: tuple[str, ...] = ()
+    """Name patterns initialised to zero under muP (e.g. the readout)."""
+    multipliers: Mapping[str, float] = field(default_factory=dict)
+    """``init_scale``, ``input_mult``, ``output_mult`` as tuned on a proxy, for muP's runs."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", dict(self.shape))
+        object.__setattr__(self, "sp_shape", dict(self.sp_shape))
+        object.__setattr__(self, "zero", tuple(self.zero))
+        unknown = sorted(set(self.multipliers) - set(MULTIPLIERS))
+        if unknown:
+            raise MutransferError(
+                f"multipliers: {unknown} unknown; the tunable ones are {', '.join(MULTIPLIERS)}."
+            )
+        checked = {k: check_number(v, f"multipliers.{k}", positive=True) for k, v in self.multipliers.items()}
+        object.__setattr__(self, "multipliers", checked)
+
+    def with_data(self, data: Batches) -> ModelSetup:
+        """The vocabulary or input size the data decides, where the shape leaves it open (a
+        Hugging Face config's 50257-token GPT-2 vocabulary would otherwise train on bytes)."""
+        implied = factory_keywords(data, self.factory)
+        filled = {k: v for k, v in implied.items() if k not in self.shape and k != "block_size"}
+        return replace(self, shape={**filled, **self.shape})
+
+    def keywords(self, parametrization: str) -> dict[str, Any]:
+        """The factory's keywords for a parametrization (the standard model's own over them)."""
+        return {**self.shape, **(self.sp_shape if parametrization == "sp" else {})}
+
+    def build(
+        self,
+        shape: Mapping[str, Any],
+        *,
+        parametrization: str,
+        plan: Plan | None,
+        lr: float,
+        training: TrainSetup,
+        seed: int,
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """``factory(**shape)`` from ``seed`` with its optimizer: under ``plan`` (muP, with the
+        init options and the tuned multipliers; for standard parametrization only the identity
+        plan Muon needs), else as the code builds it."""
+        settings = dict(
+            optimizer=training.optimizer,
+            optimizer_family=training.optimizer_family,
+            weight_decay=training.weight_decay,
+            device=training.device,
+        )
+        if parametrization == "mup":
+            settings |= dict(init_law=self.init_law, zero=self.zero, **self.multipliers)
+        return build(self.factory, shape, plan=plan, lr=lr, seed=seed, **settings)
+
+    def protocol(self) -> dict[str, Any]:
+        """What a saved grid records of the model (multipliers only when there are some, so
+        grids saved before they existed still resume)."""
+        out = {
+            "factory": name_of(self.factory),
+            "shape": dict(self.shape),
+            "sp_shape": dict(self.sp_shape),
+            "init_law": self.init_law or init_law_of(self.factory),
+            "biases": BIASES,
+            "zero": list(self.zero),
+        }
+        return out | ({"multipliers": dict(self.multipliers)} if self.multipliers else {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSetup:
+    """One training run's data, budget and optimizer; see the module docstring."""
+
+    data: Batches
+    steps: int = 300
+    batch_size: int = 32
+    block_size: int | None = None
+    """Sequence length for text data (default: the data's own)."""
+    warmup: float = 0.1
+    """Fraction of the steps with linear warmup."""
+    schedule: str = "cosine"
+    optimizer: OptimizerSpec = "adam"
+    optimizer_family: str | None = None
+    """The plan's rules for an optimizer given as a callable: ``adam`` (default), ``sgd``, ``muon``."""
+    weight_decay: float = 0.0
+    eval_batches: int = 16
+    loss: LossFn = cross_entropy
+    seeds: int = 1
+    device: str | torch.device = "cpu"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise MutransferError(f"seeds must be an int >= 1, got {self.seeds!r}.")
+        check_budget(self.steps, self.batch_size, self.eval_batches, self.warmup, self.schedule)
+        check_number(self.weight_decay, "weight_decay")
+        optimizer_class(self.optimizer, self.optimizer_family)  # a bad name fails before any training
+
+    @property
+    def family(self) -> str:
+        """The plan's optimizer family: ``adam``, ``sgd`` or ``muon``."""
+        return optimizer_class(self.optimizer, self.optimizer_family)[1]
+
+    def train(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        seed: int,
+        data: Batches | None = None,
+        steps: int | None = None,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
+        on_step: Callable[[int, float], None] | None = None,
+    ) -> Run:
+        """Train under this setup; a training axis overrides ``steps``, ``batch_size`` or ``data``."""
+        return train(
+            model,
+            optimizer,
+            data if data is not None else self.data,
+            steps=steps or self.steps,
+            batch_size=batch_size or self.batch_size,
+            warmup=self.warmup,
+            schedule=self.schedule,
+            seed=seed,
+            eval_batches=self.eval_batches,
+            eval_batch_size=eval_batch_size,
+            loss=self.loss,
+            device=self.device,
+            on_step=on_step,
+        )
+
+    def protocol(self) -> dict[str, Any]:
+        """What a saved grid records of the training."""
+        return {
+            "data": getattr(self.data, "name", type(self.data).__name__),
+            "data_fingerprint": getattr(self.data, "fingerprint", ""),
+            "block_size": self.block_size or getattr(self.data, "block_size", None),
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "warmup": self.warmup,
+            "schedule": self.schedule,
+            "optimizer": name_of(self.optimizer),
+            "weight_decay": self.weight_decay,
+            "eval_batches": self.eval_batches,
+            "loss": name_of(self.loss),
+        }
+
+
+def one(value: Any) -> Any:
+    """A setting given as a one-element list is that element."""
+    return value[0] if isinstance(value, Sequence) and not isinstance(value, str) and value else value
