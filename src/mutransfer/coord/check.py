@@ -37,126 +37,42 @@ grow (``s > threshold``) or whose own updates vanish (``s < -threshold``), namin
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from mutransfer.axis import axis_of
-from mutransfer.coord.probe import MEASURES, Run, run
-from mutransfer.coord.verdict import ModuleCheck, judge, slope, slopes
-from mutransfer.data import factory_keywords
+from mutransfer.axis import Axis, axis_of
+from mutransfer.coord.probe import MEASURES, Run
+from mutransfer.coord.probe import run as probe_run
+from mutransfer.coord.result import CoordCheck
+from mutransfer.coord.verdict import judge, slope
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, MutransferWarning, check_number
-from mutransfer.files import save_json
 from mutransfer.parametrizations import Parametrization
 from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
-from mutransfer.text import table
-from mutransfer.train import LossFn, OptimizerSpec, build, cross_entropy, optimizer_class
+from mutransfer.setup import ModelSetup, TrainSetup
+from mutransfer.train import LossFn, OptimizerSpec, cross_entropy
 
-__all__ = ["GROWTH_THRESHOLD", "RELIABLE", "CoordCheck", "coord_check"]
+__all__ = ["GROWTH_THRESHOLD", "RELIABLE", "coord_check", "run"]
 
-# Growth exponent above which a module fails, set from benchmarks/coord_thresholds.py (widths
-# 32..256, 4 steps, 3 seeds, Adam lr 1e-3..3e-2; figures in benchmarks/README.md): correct muP
-# reached at most 0.21 in any module, and every fault at least 0.50 where it lives; 0.35 is
-# midway. Exact muP would give 0, and SP's readout 1, at infinite width.
+# Exponent beyond which a point fails, set from benchmarks/coord_thresholds.py (widths 32..256,
+# 4 steps, 3 seeds, Adam lr 1e-3..3e-2, six models; figures in benchmarks/README.md). Exact muP
+# would give 0, and standard parametrization's readout 1, at infinite width.
 GROWTH_THRESHOLD = 0.35
+
+# The smallest check whose verdict benchmarks/coord_thresholds.py found reliable (README): at
+# least this many sizes spanning this ratio, steps and seeds. Below it a verdict is a guess.
+RELIABLE = {"sizes": 4, "span": 8, "steps": 2, "seeds": 2}
 
 Progress = Callable[[int, int, str], None]
 
 # The role that names a module, strongest first (a Linear's weight outranks its bias).
 _KIND_ORDER = (Role.OUTPUT, Role.HIDDEN, Role.INPUT, Role.VECTOR, Role.FIXED)
-
-
-@dataclass(frozen=True)
-class CoordCheck:
-    """Measurements and verdicts of one coordinate check; plain data with a JSON round-trip.
-
-    ``curves[measure][module][i][t]``: the seed-mean value at ``widths[i]`` before step ``t``
-    for ``measure`` in ``rms``, ``change``, ``update``, ``input`` (the input's RMS; for
-    attention logits the product of the q and k sizes) and ``scale``; ``change`` and
-    ``update`` are nan at step 0. ``loss[i][t]`` is the probe batch's loss. ``axis`` says what
-    ``widths`` counts: ``width``, or ``depth`` (numbers of blocks).
-    """
-
-    parametrization: str
-    sizes: tuple[int, ...]
-    steps: int
-    seeds: int
-    lr: float
-    optimizer: str
-    threshold: float
-    curves: dict[str, dict[str, list[list[float]]]]
-    loss: list[list[float]]
-    modules: tuple[ModuleCheck, ...]
-    settings: dict[str, Any] = field(default_factory=dict)
-    axis: str = "width"
-
-    @property
-    def passed(self) -> bool:
-        return all(m.passed for m in self.modules)
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        """Deprecated name of ``sizes`` (they may be depths), kept for one release."""
-        return self.sizes
-
-    @property
-    def failures(self) -> tuple[ModuleCheck, ...]:
-        return tuple(m for m in self.modules if not m.passed)
-
-    def slopes(self, module: str, measure: str = "rms") -> list[float]:
-        """Growth exponent of one measure of ``module`` at every step."""
-        return slopes(self.sizes, self.curves[measure].get(module, []), self.steps + 1)
-
-    def table(self) -> str:
-        """One line per module with its worst exponent per measure and its verdict, then the hints."""
-        head = ["point", "kind", "init", "rms", "change", "update", "scale", "verdict"]
-        rows = [
-            [m.name, m.kind]
-            + [_num(s) for s in (m.init_slope, m.rms_slope, m.change_slope, m.update_slope, m.scale_slope)]
-            + [m.status + (" (cause)" if m.cause else "")]
-            for m in self.modules
-        ]
-        axis = self.axis
-        lines = [
-            f"coordinate check ({self.parametrization}, {axis}s {list(self.sizes)}, {self.steps} steps, "
-            f"{self.seeds} seeds, {self.optimizer} lr {self.lr:g}): exponent s of {axis}**s; "
-            f"fail above {self.threshold:g}, or below -{self.threshold:g} for a layer's own updates"
-            + ("; 'change' is judged on the blocks' outputs only" if axis == "depth" else "")
-        ]
-        lines += table([head, *rows])
-        failures = self.failures
-        lines.append(
-            f"PASSED: nothing grows with {axis}, and every layer keeps learning"
-            if not failures
-            else f"FAILED: {len(failures)} of {len(self.modules)} points grow or stop learning with {axis}"
-        )
-        by_hint: dict[str, list[str]] = {}
-        for m in failures:
-            if m.cause or m.status == "diverged" or not any(f.cause for f in failures):
-                by_hint.setdefault(m.hint, []).append(m.name)
-        lines += [f"  {', '.join(names)}: {hint}" for hint, names in by_hint.items()]
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CoordCheck:
-        fields = {k: v for k, v in data.items() if k != "passed"}
-        fields["sizes"] = tuple(fields.pop("widths", None) or fields["sizes"])  # "widths" before 0.2
-        fields["modules"] = tuple(ModuleCheck(**m) for m in fields["modules"])
-        return cls(**fields)
-
-    def save(self, path: str | os.PathLike) -> None:
-        save_json(path, self.to_dict())
 
 
 def coord_check(
@@ -172,7 +88,9 @@ def coord_check(
     optimizer: OptimizerSpec = "adam",
     optimizer_family: str | None = None,
     parametrization: Parametrization = "mup",
+    parametrizations: Sequence[str] | None = None,
     shape: Mapping[str, Any] | None = None,
+    sp_shape: Mapping[str, Any] | None = None,
     width_key: str = "width",
     depth_key: str = "depth",
     residual: Sequence[str] = (),
@@ -186,126 +104,169 @@ def coord_check(
     threshold: float = GROWTH_THRESHOLD,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
-) -> CoordCheck:
+) -> CoordCheck | list[CoordCheck]:
     """Train ``make_model(**shape, width=w)`` for ``steps`` steps at every width; judge growth.
 
     ``data`` is any ``mutransfer.data.Batches`` (``batch(index, batch_size, seed=...)``); batch
     0 is the probe; runs use seeds ``seed`` to ``seed + seeds - 1`` (init and batches).
-    ``parametrization="mup"`` applies the plan from ``base`` (default: the
-    narrowest width) with ``init_law`` and ``zero`` as in ``Plan.init_``; ``"sp"`` trains the
-    model as built with one learning rate. ``optimizer`` is ``"adam"``, ``"adamw"``, ``"sgd"`` or
-    a callable taking the param groups (give ``optimizer_family`` then, default ``adam``).
-    ``modules`` are name patterns to watch (default: every module that holds parameters, every
-    attention, the residual stream and the output; see ``probe.py``). ``progress(done, total,
-    label)`` is called per run.
-    Build the model without dropout: the model and its initial copy would draw different masks.
+    ``parametrization="mup"`` applies the plan from ``base`` (default: the narrowest width) with
+    ``init_law`` and ``zero`` as in ``Plan.init_``; ``"sp"`` trains the model as built (with
+    ``sp_shape`` over ``shape``) with one learning rate. ``parametrizations=["sp", "mup"]``
+    runs each and returns a list, e.g. to compare them side by side. ``optimizer`` is
+    ``"adam"``, ``"adamw"``, ``"sgd"`` or a callable taking the param groups (give
+    ``optimizer_family`` then, default ``adam``). ``modules`` are name patterns to watch
+    (default: every module that holds parameters, every attention, the residual stream and the
+    output; see ``probe.py``). ``progress(done, total, label)`` is called per run. Build the
+    model without dropout: the model and its initial copy would draw different masks.
 
     ``depths=`` instead of ``widths=`` checks depth: ``depth_key`` varies, ``shape`` holds the
     width, and "mup" is the CompleteP plan (``residual``, ``alpha``; see ``mutransfer.plan``).
+    The keywords make a ``ModelSetup`` and a ``TrainSetup``; ``run`` takes those directly.
     """
-    axis, widths = axis_of(
+    axis, sizes = axis_of(
         widths, depths, width_key=width_key, depth_key=depth_key, residual=residual, alpha=alpha
     )
+    model = ModelSetup(
+        factory=make_model, shape=shape or {}, sp_shape=sp_shape or {}, init_law=init_law, zero=zero
+    )
+    training = TrainSetup(
+        data=data, steps=steps, batch_size=batch_size, optimizer=optimizer, optimizer_family=optimizer_family,
+        loss=loss or cross_entropy, seeds=seeds, device=device,
+    )  # fmt: skip
+    settings = dict(axis=axis, sizes=sizes, lr=lr, seed=seed, base=base, modules=modules, threshold=threshold,
+                    progress=progress)  # fmt: skip
+    if parametrizations is None:
+        return run(model, training, parametrization=parametrization, **settings)
+    check_parametrizations(parametrizations, "parametrizations")
+    return [run(model, training, parametrization=p, **settings) for p in parametrizations]
+
+
+def run(
+    model: ModelSetup,
+    training: TrainSetup,
+    *,
+    axis: Axis,
+    sizes: Sequence[int],
+    lr: float,
+    parametrization: str = "mup",
+    seed: int = 0,
+    base: int | None = None,
+    modules: Sequence[str] | None = None,
+    threshold: float = GROWTH_THRESHOLD,
+    progress: Progress | None = None,
+) -> CoordCheck:
+    """The coordinate check of ``model`` trained under ``training`` (its steps, batch size and
+    seeds) at ``sizes`` along ``axis``; see ``coord_check``."""
     lr = check_number(lr, "lr", positive=True)
-    if len(widths) < 3:
+    check_parametrizations(parametrization)
+    if len(sizes) < 3:
         raise MutransferError(
-            f"a coordinate check needs at least 3 distinct {axis.name}s to fit a slope, got {widths}. "
+            f"a coordinate check needs at least 3 distinct {axis.name}s to fit a slope, got {sizes}. "
             f"Fix: e.g. {axis.name}s=[32, 64, 128, 256]."
         )
-    if steps < 1 or seeds < 1:
-        raise MutransferError(f"steps and seeds must be at least 1, got steps={steps}, seeds={seeds}.")
-    check_parametrizations(parametrization)
-    _, family = optimizer_class(optimizer, optimizer_family)  # fail on a bad name before any training
-    implied = factory_keywords(data, make_model)  # the vocabulary or input size, where shape leaves it open
-    shape = {**{k: v for k, v in implied.items() if k != "block_size"}, **dict(shape or {})}
-    base = widths[0] if base is None else base
-    loss = loss or cross_entropy
-    example = (fetch(data, 0, 2, seed=0)[0],)  # what the plans run on meta to find the attention
-    plans = {w: axis.plan(make_model, shape, base, w, example=example) for w in widths}
+    model = model.with_data(training.data)
+    base = sizes[0] if base is None else base
+    example = (fetch(training.data, 0, 2, seed=0)[0],)  # what the plans run on meta to find the attention
+    plans = {w: axis.plan(model.factory, model.keywords("mup"), base, w, example=example) for w in sizes}
     blocks = _Blocks(plans) if axis.name == "depth" else None
-    kinds = _module_kinds(plans[widths[-1]], blocks)
-    _warn_if_unreliable(widths, steps, seeds, axis.name)
-
-    total, done = len(widths) * seeds, 0
-    runs: dict[str, list[list[list[float]]]] = {}  # "measure:point" -> width -> seed -> step
-    losses: list[list[list[float]]] = [[] for _ in widths]
-    order: list[str] = []
-    previous: dict[str, str] = {}
-    functions: dict[str, str] = {}
-    inits: dict[str, list[list[float]]] = {}  # parameter -> width -> seed: init RMS over muP's factor
-    for i, w in enumerate(widths):
-        for run_seed in range(seed, seed + seeds):
+    _warn_if_unreliable(sizes, training.steps, training.seeds, axis.name)
+    found = _Measured(sizes, blocks, _module_kinds(plans[sizes[-1]], blocks))
+    total = len(sizes) * training.seeds
+    for i, size in enumerate(sizes):
+        for run_seed in range(seed, seed + training.seeds):
             if progress:
-                progress(done, total, f"{axis.name} {w} seed {run_seed}")
-            plan, zeroed = (plans[w], zero) if parametrization == "mup" else (None, ())
-            if plan is None and family == "muon":  # Muon needs roles: the identity plan is standard
-                plan = axis.plan(make_model, shape, w, w)
-            model, opt = build(
-                make_model,
-                {**shape, axis.key: w},
-                plan=plan,
-                lr=lr,
-                optimizer=optimizer,
-                optimizer_family=optimizer_family,
-                init_law=init_law,
-                zero=zeroed,
-                seed=run_seed,
-                device=device,
-            )
-            for name, value in _init_sizes(model, plans[w]).items():
-                inits.setdefault(blocks.pattern(name) if blocks else name, [[] for _ in widths])[i].append(
-                    value
-                )
-            extra = blocks.roots(w) if blocks and modules is None else ()
-            measured = run(
-                model, opt, data, steps=steps, seed=run_seed, batch_size=batch_size, loss_fn=loss,
-                patterns=modules, device=device, extra=extra,
-            )  # fmt: skip
-            if blocks:
-                measured = blocks.merge(measured)
-            order += [n for n in measured.order if n not in order]
-            kinds.update({n: k for n, k in measured.kinds.items() if n not in kinds or k == "attention"})
-            previous.update(measured.previous)
-            functions.update(measured.functions)
-            for key, series in measured.series.items():
-                runs.setdefault(key, [[] for _ in widths])[i].append(series)
-            losses[i].append(measured.losses)
-            done += 1
+                progress(found.runs, total, f"{axis.name} {size} seed {run_seed}")
+            plan = plans[size] if parametrization == "mup" else None
+            shape = {**model.keywords(parametrization), axis.key: size}
+            if plan is None and training.family == "muon":  # Muon needs roles: the identity plan is standard
+                plan = axis.plan(model.factory, shape, size, size)
+            built = model.build(shape, parametrization=parametrization, plan=plan, lr=lr, training=training,
+                                seed=run_seed)  # fmt: skip
+            found.add_init(i, _init_sizes(built[0], plans[size]))
+            extra = blocks.roots(size) if blocks and modules is None else ()
+            found.add(i, probe_run(*built, training.data, steps=training.steps, seed=run_seed,
+                                   batch_size=training.batch_size, loss_fn=training.loss, patterns=modules,
+                                   device=training.device, extra=extra))  # fmt: skip
     if progress:
-        progress(done, total, "done")
-
-    order = [n for n in order if all(runs.get(f"rms:{n}", [[]] * len(widths))[i] for i in range(len(widths)))]
-    curves = {
-        measure: {n: [_mean(s) for s in runs[f"{measure}:{n}"]] for n in order if f"{measure}:{n}" in runs}
-        for measure in MEASURES
-    }
-    mean_loss = [_mean(s) for s in losses]
-    return CoordCheck(
-        parametrization=parametrization,
-        sizes=tuple(widths),
-        steps=steps,
-        seeds=seeds,
-        lr=lr,
-        optimizer=optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom"),
-        threshold=threshold,
-        curves=curves,
-        loss=mean_loss,
-        modules=judge(
-            order,
-            kinds,
-            widths,
-            curves,
-            mean_loss,
-            threshold,
-            axis.name,
-            previous,
-            functions,
-            _init_strays(widths, inits, order),
-        ),
-        settings={"base": base, "shape": shape, "width_key": axis.key, "batch_size": batch_size, "seed": seed}
+        progress(found.runs, total, "done")
+    return found.result(
+        parametrization=parametrization, training=training, lr=lr, threshold=threshold, axis=axis,
+        settings={"base": base, "shape": dict(model.shape), "width_key": axis.key,
+                  "batch_size": training.batch_size, "seed": seed}
         | ({"residual": list(axis.residual), "alpha": axis.alpha} if blocks else {}),
-        axis=axis.name,
-    )
+    )  # fmt: skip
+
+
+class _Measured:
+    """Every run's series, gathered per size and seed, then averaged over the seeds and judged."""
+
+    def __init__(self, sizes: Sequence[int], blocks: _Blocks | None, kinds: dict[str, str]) -> None:
+        self.sizes, self.blocks, self.kinds = list(sizes), blocks, kinds
+        self.series: dict[str, list[list[list[float]]]] = {}  # "measure:point" -> size -> seed -> step
+        self.losses: list[list[list[float]]] = [[] for _ in sizes]
+        self.inits: dict[str, list[list[float]]] = {}  # parameter -> size -> seed: init over muP's factor
+        self.order: list[str] = []
+        self.previous: dict[str, str] = {}
+        self.functions: dict[str, str] = {}
+        self.runs = 0
+
+    def add_init(self, i: int, sizes: Mapping[str, float]) -> None:
+        for name, value in sizes.items():
+            name = self.blocks.pattern(name) if self.blocks else name
+            self.inits.setdefault(name, [[] for _ in self.sizes])[i].append(value)
+
+    def add(self, i: int, measured: Run) -> None:
+        if self.blocks:
+            measured = self.blocks.merge(measured)
+        self.order += [n for n in measured.order if n not in self.order]
+        self.kinds.update(
+            {n: k for n, k in measured.kinds.items() if n not in self.kinds or k == "attention"}
+        )
+        self.previous.update(measured.previous)
+        self.functions.update(measured.functions)
+        for key, series in measured.series.items():
+            self.series.setdefault(key, [[] for _ in self.sizes])[i].append(series)
+        self.losses[i].append(measured.losses)
+        self.runs += 1
+
+    def result(self, *, parametrization, training, lr, threshold, axis, settings) -> CoordCheck:
+        n = len(self.sizes)
+        order = [p for p in self.order if all(self.series.get(f"rms:{p}", [[]] * n)[i] for i in range(n))]
+        curves = {
+            measure: {
+                p: [_mean(s) for s in self.series[key]]
+                for p in order
+                if (key := f"{measure}:{p}") in self.series
+            }
+            for measure in MEASURES
+        }
+        loss = [_mean(s) for s in self.losses]
+        optimizer = training.optimizer
+        return CoordCheck(
+            parametrization=parametrization,
+            sizes=tuple(self.sizes),
+            steps=training.steps,
+            seeds=training.seeds,
+            lr=lr,
+            optimizer=optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom"),
+            threshold=threshold,
+            curves=curves,
+            loss=loss,
+            modules=judge(
+                order,
+                self.kinds,
+                self.sizes,
+                curves,
+                loss,
+                threshold,
+                axis.name,
+                self.previous,
+                self.functions,
+                _init_strays(self.sizes, self.inits, order),
+            ),
+            settings=settings,
+            axis=axis.name,
+        )
 
 
 def _init_sizes(model: nn.Module, plan: Plan) -> dict[str, float]:
@@ -417,7 +378,3 @@ class _Blocks:
 
 def _mean(runs: list[list[float]]) -> list[float]:
     return [sum(v) / len(v) for v in zip(*runs, strict=True)]
-
-
-def _num(x: float) -> str:
-    return "" if math.isnan(x) else f"{x:+.2f}" if math.isfinite(x) else str(x)
