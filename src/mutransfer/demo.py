@@ -50,7 +50,7 @@ from mutransfer.models import GPT
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.parametrizations import label
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
-from mutransfer.sweep.experiment import Experiment, build_tuned
+from mutransfer.sweep.experiment import Experiment
 from mutransfer.text import table
 from mutransfer.train import Run, check_device
 from mutransfer.transfer import Transfer, transfer
@@ -437,13 +437,9 @@ def _target_run(experiment: Experiment, transfer: Mapping[str, Any]) -> dict[str
 
 def _scan_run(experiment: Experiment, where: str, hparams: Mapping[str, Any], log2_lr: int) -> dict[str, Any]:
     """The proxy or the target trained with the transferred values but the LR ``2**log2_lr``."""
-    c = experiment.config
     shape = experiment.proxy if where == "proxy" else experiment.target
     values = {**hparams, "lr": 2.0**log2_lr}
-    settings = dict(optimizer=c.optimizer, init_law=c.init_law, zero=c.zero, seed=c.seed, device=c.device)
-    model, optimizer = build_tuned(
-        experiment.make_model, shape, plan=experiment.plan_for(shape), hparams=values, **settings
-    )
+    model, optimizer = experiment.build(values, shape)
     return _record(values, experiment.fit(model, optimizer, values))
 
 

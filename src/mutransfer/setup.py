@@ -88,22 +88,22 @@ class ModelSetup:
         self,
         shape: Mapping[str, Any],
         *,
-        parametrization: str,
+        tuned: bool,
         plan: Plan | None,
         lr: float,
         training: TrainSetup,
         seed: int,
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """``factory(**shape)`` from ``seed`` with its optimizer: under ``plan`` (muP, with the
-        init options and the tuned multipliers; for standard parametrization only the identity
-        plan Muon needs), else as the code builds it."""
+        """``factory(**shape)`` from ``seed`` with its optimizer, under ``plan`` if given (else as
+        the code builds it); ``tuned``: with the init options and the tuned multipliers (muP's
+        runs; standard parametrization's take none, only the identity plan Muon needs)."""
         settings = dict(
             optimizer=training.optimizer,
             optimizer_family=training.optimizer_family,
             weight_decay=training.weight_decay,
             device=training.device,
         )
-        if parametrization == "mup":
+        if tuned:
             settings |= dict(init_law=self.init_law, zero=self.zero, **self.multipliers)
         return build(self.factory, shape, plan=plan, lr=lr, seed=seed, **settings)
 
@@ -125,7 +125,8 @@ class ModelSetup:
 class TrainSetup:
     """One training run's data, budget and optimizer; see the module docstring."""
 
-    data: Batches
+    data: Batches | None
+    """The batches (None only to build, for a training function of your own)."""
     steps: int = 300
     batch_size: int = 32
     block_size: int | None = None
@@ -167,6 +168,10 @@ class TrainSetup:
         on_step: Callable[[int, float], None] | None = None,
     ) -> Run:
         """Train under this setup; a training axis overrides ``steps``, ``batch_size`` or ``data``."""
+        if data is None and self.data is None:
+            raise MutransferError(
+                "this training setup has no data: give data= to train with the built-in trainer."
+            )
         return train(
             model,
             optimizer,

@@ -27,11 +27,12 @@ from mutransfer.factory import load, name_of
 from mutransfer.files import check_format, jsonable, load_json, number, save_json
 from mutransfer.fit import EXTRAPOLATION_WARNING
 from mutransfer.scaling.plan import Plan
+from mutransfer.setup import MULTIPLIERS
 from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig
 from mutransfer.sweep.space import Range
 from mutransfer.sweep.storage import redact
 from mutransfer.text import short
-from mutransfer.train import optimizer_class, role_multipliers
+from mutransfer.train import build, optimizer_class, role_multipliers
 
 __all__ = ["Adjustment", "Cost", "Transfer", "load_transfer", "transfer"]
 
@@ -179,18 +180,19 @@ class Transfer:
         self, *, seed: int = 0, device: str | torch.device = "cpu"
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """The target model (from the recorded factory) and its optimizer, ready to train."""
-        from mutransfer.sweep.experiment import build_tuned
-
-        return build_tuned(
+        h = self.hparams
+        return build(
             load(self.factory),
             self.shape,
             plan=self.plan,
-            hparams=self.hparams,
+            lr=float(h["lr"]),
+            weight_decay=float(h.get("weight_decay", 0.0)),
             optimizer=self.optimizer,
             init_law=self.init_law,
             zero=self.zero,
             seed=seed,
             device=device,
+            **{k: float(h[k]) for k in MULTIPLIERS if k in h},
         )
 
     def summary(self) -> str:

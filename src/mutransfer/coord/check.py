@@ -180,7 +180,7 @@ def run(
             shape = {**model.keywords(parametrization), axis.key: size}
             if plan is None and training.family == "muon":  # Muon needs roles: the identity plan is standard
                 plan = axis.plan(model.factory, shape, size, size)
-            built = model.build(shape, parametrization=parametrization, plan=plan, lr=lr, training=training,
+            built = model.build(shape, tuned=parametrization == "mup", plan=plan, lr=lr, training=training,
                                 seed=run_seed)  # fmt: skip
             found.add_init(i, _init_sizes(built[0], plans[size]))
             extra = blocks.roots(size) if blocks and modules is None else ()

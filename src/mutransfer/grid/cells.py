@@ -225,7 +225,7 @@ class _Cells:
             own = self.model.shape[self.axis.width_key] if self.axis.trains else size
             plan = self.axis.plan(self.model.factory, shape, own, size)
         built = self.model.build(
-            shape, parametrization=name, plan=plan, lr=lr, training=self.training, seed=seed
+            shape, tuned=name == "mup", plan=plan, lr=lr, training=self.training, seed=seed
         )
         batch = self.runs[size]
         eval_batch = self.runs[max(self.runs)]["batch_size"] if self.axis.name == "batch_size" else None

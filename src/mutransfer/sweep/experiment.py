@@ -11,7 +11,7 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,11 +23,12 @@ from mutransfer.errors import MutransferError
 from mutransfer.factory import construct, load
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import plan as make_plan
+from mutransfer.setup import MULTIPLIERS, ModelSetup, TrainSetup
 from mutransfer.sweep.config import HPARAMS, SweepConfig
 from mutransfer.sweep.space import Value
-from mutransfer.train import Run, build, cross_entropy, train
+from mutransfer.train import Run, cross_entropy
 
-__all__ = ["Experiment", "Outcome", "ProxyRun", "build_tuned"]
+__all__ = ["Experiment", "Outcome", "ProxyRun"]
 
 
 @dataclass
@@ -76,6 +77,9 @@ class Experiment:
             raise MutransferError('data: the built-in trainer needs a data source, e.g. data = "digits".')
         sp_only = config.sp_shape if config.parametrization == "sp" else {}
         self.common = {**implied, **config.shape, **sp_only}
+        self.training = TrainSetup(data=self.data, steps=config.steps, batch_size=config.batch_size,
+                                   schedule=config.schedule, optimizer=config.optimizer,
+                                   eval_batches=config.eval_batches, device=config.device)  # fmt: skip
         self.proxy = {**self.common, **config.proxy}
         self.target = {**self.common, **config.target}
         self.base = {**self.common, **(config.base if config.base is not None else config.proxy)}
@@ -119,22 +123,36 @@ class Experiment:
         return self._flops[key]
 
     # ---- one trial -------------------------------------------------------------------------
+    def setups(self, params: Mapping[str, Value]) -> tuple[ModelSetup, TrainSetup]:
+        """The model and the training of a run with the searched ``params``: the multipliers go
+        to the model, the weight decay and warmup to the training; the rest is the config's."""
+        c = self.config
+        tuned = {k: float(params[k]) for k in MULTIPLIERS if k in params}
+        model = ModelSetup(factory=self.make_model, shape=self.common, init_law=c.init_law, zero=c.zero,
+                           multipliers=tuned)  # fmt: skip
+        training = replace(
+            self.training,
+            weight_decay=float(params.get("weight_decay", 0.0)),
+            warmup=float(params.get("warmup", 0.1)),
+        )
+        return model, training
+
+    def build(
+        self, params: Mapping[str, Value], shape: Mapping[str, Any]
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The model at ``shape`` with ``params`` under ``plan_for(shape)``, and its optimizer."""
+        model, training = self.setups(params)
+        plan = self.plan_for(shape)
+        return model.build(
+            shape, tuned=True, plan=plan, lr=float(params["lr"]), training=training, seed=self.config.seed
+        )
+
     def run(self, params: Mapping[str, Value], report: Callable[[int, float], None]) -> Outcome:
         """Train the proxy with ``params``; ``report(step, loss)`` sees every step's training
         loss and may raise to prune the trial."""
         c = self.config
         shape = self.shape_of(params)
-        model, optimizer = build_tuned(
-            self.make_model,
-            shape,
-            plan=self.plan_for(shape),
-            hparams=params,
-            optimizer=c.optimizer,
-            init_law=c.init_law,
-            zero=c.zero,
-            seed=c.seed,
-            device=c.device,
-        )
+        model, optimizer = self.build(params, shape)
         per_step = self.flops_per_step(shape)  # nan without data: nothing to count a step on
         if self.train_fn is not None:
             taken = [0]
@@ -168,43 +186,8 @@ class Experiment:
     ) -> Run:
         """Train with the built-in trainer under the config's protocol (steps, batch, schedule,
         seed, evaluation): a proxy trial, or the target after transfer measured the same way."""
-        c = self.config
-        return train(
-            model,
-            optimizer,
-            self.data,
-            steps=c.steps,
-            batch_size=c.batch_size,
-            warmup=float(params.get("warmup", 0.1)),
-            schedule=c.schedule,
-            seed=c.seed,
-            eval_batches=c.eval_batches,
-            device=c.device,
-            on_step=on_step,
-        )
-
-
-def build_tuned(
-    make_model: Callable[..., nn.Module],
-    shape: Mapping[str, Any],
-    *,
-    plan: Plan,
-    hparams: Mapping[str, Any],
-    **settings: Any,
-) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """``train.build`` with the tuned values of ``hparams`` (lr, weight_decay and the
-    multipliers; others are ignored): one trial on the proxy, or the target after transfer."""
-    return build(
-        make_model,
-        shape,
-        plan=plan,
-        lr=float(hparams["lr"]),
-        weight_decay=float(hparams.get("weight_decay", 0.0)),
-        init_scale=float(hparams.get("init_scale", 1.0)),
-        input_mult=float(hparams.get("input_mult", 1.0)),
-        output_mult=float(hparams.get("output_mult", 1.0)),
-        **settings,
-    )
+        _, training = self.setups(params)
+        return training.train(model, optimizer, seed=self.config.seed, on_step=on_step)
 
 
 def _count_flops(
