@@ -67,7 +67,7 @@ GROWTH_THRESHOLD = 0.35
 
 # The smallest check whose verdict benchmarks/coord_thresholds.py found reliable (README): at
 # least this many sizes spanning this ratio, steps and seeds. Below it a verdict is a guess.
-RELIABLE = {"sizes": 4, "span": 8, "steps": 2, "seeds": 2}
+RELIABLE = {"sizes": 4, "span": 8, "steps": 3, "seeds": 2}
 
 Progress = Callable[[int, int, str], None]
 
@@ -294,11 +294,6 @@ def _init_strays(
         if math.isfinite(stray) and abs(stray) > abs(out.get(module, ("", 0.0))[1]):
             out[module] = (param, stray)
     return out
-
-
-# The smallest check whose verdict benchmarks/coord_thresholds.py found reliable (README): at
-# least this many sizes spanning this ratio, steps and seeds. Below it a verdict is a guess.
-RELIABLE = {"sizes": 4, "span": 8, "steps": 3, "seeds": 2}
 
 
 def _warn_if_unreliable(widths: Sequence[int], steps: int, seeds: int, axis: str) -> None:
