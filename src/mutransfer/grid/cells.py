@@ -15,7 +15,7 @@ from torch import nn
 
 from mutransfer.axis import Axis, axis_of, plural
 from mutransfer.data import factory_keywords
-from mutransfer.data.batches import Batches
+from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct
 from mutransfer.files import check_protocol
@@ -208,8 +208,11 @@ class _Cells:
         self.costs = {
             w: w if axis.trains else _parameter_count(model.factory, self.keywords("mup", w)) for w in sizes
         }
+        example = (fetch(training.data, 0, 2, seed=0)[0],)  # what the plans run to find the attention
         self.plans = (
-            {w: axis.plan(model.factory, self.keywords("mup", w), base, w) for w in sizes} if plans else {}
+            {w: axis.plan(model.factory, self.keywords("mup", w), base, w, example) for w in sizes}
+            if plans
+            else {}
         )
 
     def keywords(self, parametrization: str, size: int) -> dict[str, Any]:
