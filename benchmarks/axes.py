@@ -34,7 +34,7 @@ import mutransfer
 from mutransfer.axis import width_plan
 from mutransfer.fit import fit_power_law
 from mutransfer.models import GPT
-from mutransfer.report import plot_grid
+from mutransfer.plot import plot_grid
 from mutransfer.train import build, train
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -30,7 +30,7 @@ import torch
 
 import mutransfer
 from mutransfer.models import GPT
-from mutransfer.report import plot_grid
+from mutransfer.plot import plot_grid
 
 sys.path.insert(0, str(Path(__file__).parent))
 from transfer import RESULTS, TARGETS, first_available, progress, provenance, verdicts

@@ -46,7 +46,7 @@ import mutransfer
 from mutransfer.errors import MutransferError
 from mutransfer.grid import Grid, Summary, grid
 from mutransfer.models import GPT, MLP, Llama
-from mutransfer.report import plot_grid
+from mutransfer.plot import plot_grid
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"mup_drift": 0.5, "sp_drift": 1.5, "mup_regret": 0.01}

@@ -17,8 +17,10 @@ import torch
 
 import mutransfer
 from mutransfer import demo
+from mutransfer.demo.run import _sweep_config
 from mutransfer.errors import MutransferError
-from mutransfer.grid import fit_optimum
+from mutransfer.grid import Grid, fit_optimum
+from mutransfer.sweep.experiment import Experiment
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -97,7 +99,9 @@ def test_demo_writes_results_report_and_summary(quick_demo):
     for p in ("mup", "sp"):
         centre = round(result.best_log2_lr(p))
         for where in ("proxy", "target"):
-            assert sorted(map(int, result.scan[f"{p}/{where}"])) == [centre - 1, centre, centre + 1]
+            size = getattr(demo.QUICK, where)
+            lrs = [c.lr for c in result.scan_grid(p).cells if c.size == size and not c.transfer]
+            assert sorted(lrs) == [2.0 ** (centre + k) for k in (-1, 0, 1)]
     # the terminal summary is the report's table
     for what, mup, sp in result.rows():
         assert what in done.stdout and mup in done.stdout and sp in done.stdout
@@ -135,10 +139,9 @@ def test_report_numbers_match_the_results_file(quick_demo):
         )
         optima = {}
         for where in ("proxy", "target"):
-            runs = raw["scan"][f"{p}/{where}"]
-            ks = sorted(int(k) for k in runs)
-            losses = [math.inf if runs[str(k)]["val_loss"] is None else runs[str(k)]["val_loss"] for k in ks]
-            optima[where] = fit_optimum(0, ks, losses)
+            runs = _scan_runs(raw, p, where)
+            ks = sorted(runs)
+            optima[where] = fit_optimum(0, ks, [runs[k] for k in ks])
         target_best = optima["target"]
         assert cells["target's own best in its LR scan"][col].startswith(f"{target_best.loss:.4f} at 2^")
         drift = optima["target"].log2_lr - optima["proxy"].log2_lr
@@ -153,12 +156,11 @@ def test_report_numbers_match_the_results_file(quick_demo):
         )
     # the scan and leaderboard tables hold the file's values
     for row in page.tables["scan"]:
-        k = row[0].removeprefix("2^")
-        for cell, key in zip(row[1:], ("mup/proxy", "mup/target", "sp/proxy", "sp/target"), strict=True):
-            run = raw["scan"][key].get(k)
-            assert cell == (
-                "" if run is None else "diverged" if run["val_loss"] is None else f"{run['val_loss']:.4f}"
-            )
+        k = float(row[0].removeprefix("2^"))
+        for cell, (p, where) in zip(row[1:], [(p, w) for p in ("mup", "sp") for w in ("proxy", "target")],
+                                    strict=True):  # fmt: skip
+            loss = _scan_runs(raw, p, where).get(k)
+            assert cell == ("" if loss is None else "diverged" if loss == math.inf else f"{loss:.4f}")
     for p in ("mup", "sp"):
         top = page.tables[f"leaderboard-{p}"][0]
         best = raw["sweep"][p]["best"]
@@ -166,6 +168,32 @@ def test_report_numbers_match_the_results_file(quick_demo):
     # the file's own summary is the one recomputed from its raw data
     assert raw["summary"]["mup"]["target_loss"] == pytest.approx(result.summary()["mup"]["target_loss"])
     assert raw["summary"]["sp"]["drift"] == pytest.approx(result.summary()["sp"]["drift"])
+
+
+def _scan_runs(raw: dict, parametrization: str, where: str) -> dict[float, float]:
+    """log2 LR -> validation loss (inf: diverged) of one scan, read from the file by hand."""
+    size = raw["settings"]["sizes"][where]
+    cells = raw["scan"][parametrization]["cells"]
+    return {
+        math.log2(c["lr"]): math.inf if c["val_loss"] is None else c["val_loss"]
+        for c in cells
+        if c["size"] == size and not c["transfer"]
+    }
+
+
+def test_the_scan_trains_as_the_sweep_and_the_target_run_do(quick_demo):
+    """The gap compares the target run with the scan's best: the two must share one protocol.
+    Trained through the transfer file at a scan LR, the target lands on the scan's loss."""
+    out, _ = quick_demo
+    result = demo.DemoResult.load(out / "demo.json")
+    for p in ("mup", "sp"):
+        t = mutransfer.load_transfer(out / f"target-{p}.json")
+        lr = 2.0 ** round(result.best_log2_lr(p))
+        t = dataclasses.replace(t, hparams={**t.hparams, "lr": lr})
+        config = _sweep_config(p, demo.QUICK, result.settings["data"], out, "cpu")
+        model, optimizer = t.build(seed=config.seed)
+        run = Experiment(config).fit(model, optimizer, t.hparams)
+        assert run.val_loss == pytest.approx(result.scan_grid(p).loss(p, demo.QUICK.target, lr), rel=1e-6)
 
 
 def _chromium() -> str:
@@ -214,7 +242,8 @@ def test_an_interrupted_demo_resumes_without_redoing_work(tmp_path, quick_demo):
     with pytest.raises(KeyboardInterrupt):
         demo.run(tmp_path, quick=True, progress=stop_in_the_scan)
     saved = demo.DemoResult.load(tmp_path / "demo.json")
-    assert not saved.complete and sum(len(r) for r in saved.scan.values()) == 2
+    assert not saved.complete and not saved.scan  # the scan's cells are in its own file till it ends
+    assert len(Grid.load(tmp_path / "scan-mup.json").cells) == 2
     assert not (tmp_path / "report.html").exists()
 
     again: list[tuple[str, int, int]] = []

@@ -17,7 +17,7 @@ from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.errors import MutransferError
 from mutransfer.fit import PowerLaw, fit
 from mutransfer.grid import Grid, grid
-from mutransfer.report import plot_coord_check, plot_grid
+from mutransfer.plot import plot_coord_check, plot_grid
 from mutransfer.scaling import (
     AttentionLogits,
     ParamRole,

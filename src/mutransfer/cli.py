@@ -113,7 +113,7 @@ def _coord_check(args: argparse.Namespace) -> int:
         for result in results:
             result.save(_suffixed(args.json, result.parametrization, len(results)))
     if args.out:
-        from mutransfer.report import plot_coord_check
+        from mutransfer.plot import plot_coord_check
 
         plot_coord_check(results, args.out, measure=args.plot_measure)
         print(f"plot written to {args.out}")
@@ -159,7 +159,7 @@ def _grid(args: argparse.Namespace) -> int:
     print(result.table())
     out = args.out or str(Path(args.json).with_suffix(".png"))
     try:
-        from mutransfer.report import plot_grid
+        from mutransfer.plot import plot_grid
 
         plot_grid(result, out)
         print(f"plot written to {out}")

@@ -1,8 +1,4 @@
-"""Figures drawn from results: they only read the plain data that the checks return.
-
-matplotlib is imported on first use (``pip install matplotlib``), so ``import mutransfer``
-does not pay for it and a machine without it can still compute every result.
-"""
+"""The demo's page: its figures (PNG) and ``report.html``, drawn from a ``DemoResult`` alone."""
 
 from __future__ import annotations
 
@@ -10,213 +6,22 @@ import base64
 import html
 import math
 import os
-import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from mutransfer.errors import MutransferError
+from mutransfer.coord import CoordCheck
+from mutransfer.demo.result import DemoResult
 from mutransfer.parametrizations import label as parametrization_label
+from mutransfer.plot import plot_coord_check, pyplot
 
-if TYPE_CHECKING:
-    from mutransfer.coord import CoordCheck
-    from mutransfer.demo import DemoResult
-    from mutransfer.grid import Grid
+__all__ = ["write_report"]
 
-__all__ = ["plot_coord_check", "plot_grid", "write_report"]
-
-# One colour per module kind, so a reader sees at a glance which part of the model moves.
-_KIND_COLOURS = {
-    "input": "#1f77b4",
-    "hidden": "#2ca02c",
-    "vector": "#7f7f7f",
-    "attention": "#9467bd",
-    "output": "#ff7f0e",
-    "block": "#d62728",  # over depth: the blocks' outputs, the residual stream
-    "other": "#8c564b",
-}
-_MEASURES = {
-    "rms": "output RMS",
-    "change": "RMS of the output's change since init",
-    "update": "RMS of the change made by the module's own updates",
-}
-
-
-def plot_coord_check(
-    results: CoordCheck | Sequence[CoordCheck],
-    path: str | os.PathLike,
-    *,
-    measure: str = "update",
-) -> None:
-    """Save a PNG: one row per result (e.g. standard above muP), one column per step.
-
-    Each panel shows, for every watched module, the RMS of the change its own updates made to
-    its output (``measure="update"``, the sharpest view: SP's lines rise like width), of its
-    output (``"rms"``, the classic view) or of its change since init (``"change"``), against
-    width on log-log axes, coloured by kind. Flat lines are
-    what muP promises; modules judged as causes of growth are drawn thick (names in the table).
-    """
-    if measure not in _MEASURES:
-        raise MutransferError(f"measure must be one of {list(_MEASURES)}, got {measure!r}.")
-    plt = _pyplot()
-    results = [results] if not isinstance(results, Sequence) else list(results)
-    steps = max(r.steps for r in results) + 1
-    first = 0 if measure == "rms" else 1  # change and update start after the first step
-    fig, axes = plt.subplots(
-        len(results),
-        steps - first,
-        figsize=(2.6 * (steps - first) + 1.2, 2.6 * len(results) + 0.6),
-        squeeze=False,
-        sharex=True,
-        sharey="row",
-    )
-    for row, result in zip(axes, results, strict=True):
-        _draw_row(row, result, measure, first)
-    handles = [
-        plt.Line2D([], [], color=c, label=k)
-        for k, c in _KIND_COLOURS.items()
-        if any(m.kind == k for r in results for m in r.modules if m.name in r.curves[measure])
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
-    what = _MEASURES[measure]
-    axis = results[0].axis
-    fig.suptitle(f"Coordinate check: {what} against {axis} (flat = {axis}-independent)")
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _draw_row(row: Any, result: CoordCheck, measure: str, first: int) -> None:
-    curves = result.curves[measure]
-    verdicts = {m.name: m for m in result.modules}
-    # drawn thick: the causes, or every failure when none is a cause (as the table's hints)
-    no_cause = not any(m.cause for m in result.failures)
-    marked = {m.name for m in result.failures if m.cause or no_cause}
-    for t, ax in enumerate(row, start=first):
-        for name, per_width in curves.items():
-            m = verdicts[name]
-            ys = [c[t] if t < len(c) else float("nan") for c in per_width]
-            ax.plot(
-                result.sizes,
-                ys,
-                color=_KIND_COLOURS.get(m.kind, _KIND_COLOURS["other"]),
-                lw=2.4 if name in marked else 0.9,
-                alpha=1.0 if name in marked else 0.55,
-                marker="o" if name in marked else None,
-                ms=3,
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(result.sizes, [str(w) for w in result.sizes])
-        ax.set_title(f"step {t}", fontsize=9)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3, which="both", lw=0.4)
-    verdict = "PASSED" if result.passed else f"FAILED ({len(result.failures)} points fail)"
-    label = parametrization_label(result.parametrization, result.axis)
-    row[0].set_ylabel(f"{label}\n{verdict}", fontsize=9)
-    row[0].yaxis.label.set_color("#2ca02c" if result.passed else "#d62728")
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only: no display on servers and CI
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MutransferError(
-            "plotting needs matplotlib, which is not installed. Fix: pip install matplotlib "
-            "(or pip install 'mutransfer[plot]'); every result can still be saved as JSON without it."
-        ) from None
-    return plt
-
-
-def plot_grid(result: Grid, path: str | os.PathLike) -> None:
-    """Save a PNG: validation loss against log2 LR, one curve per width, one panel per
-    parametrization. Stars mark each width's optimum; the dotted line is the narrowest width's
-    optimum and the ring the widest width's loss there (the transfer run). Curves that keep
-    their minimum on that line are what muP promises."""
-    plt = _pyplot()
-    colours = plt.get_cmap("viridis")
-    names = result.parametrizations
-    fig, axes = plt.subplots(
-        1, len(names), figsize=(5.2 * len(names), 4.4), squeeze=False, sharey=True, layout="constrained"
-    )
-    xs = [math.log2(lr) for lr in result.lrs]
-    low, top = _loss_range(result)
-    for ax, name in zip(axes[0], names, strict=True):
-        s = result.summary(name)
-        for i, o in enumerate(s.optima):
-            colour = colours(i / max(1, len(s.optima) - 1) * 0.9)
-            ys = [result.loss(name, o.size, lr) for lr in result.lrs]
-            ax.plot(
-                xs,
-                [y if math.isfinite(y) else math.nan for y in ys],
-                "-o",
-                color=colour,
-                ms=3,
-                lw=1.4,
-                label=f"{result.axis} {o.size}",
-            )
-            bad = [x for x, y in zip(xs, ys, strict=True) if math.isinf(y)]
-            if bad:  # drawn on the top edge
-                ax.plot(bad, [top] * len(bad), "x", color=colour, ms=7, mew=1.5, clip_on=False)
-            if o.method != "none":
-                ax.plot(o.log2_lr, min(o.loss, top), "*", color=colour, ms=13, mec="black", mew=0.6, zorder=5)
-        if not math.isnan(s.transfer_log2_lr):
-            ax.axvline(s.transfer_log2_lr, color="grey", ls=":", lw=1)
-            if math.isfinite(s.transfer_loss):
-                ax.plot(s.transfer_log2_lr, min(s.transfer_loss, top), "o", mfc="none", mec="black", ms=9)
-        title = parametrization_label(name, result.axis)
-        drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
-        regret = "n/a" if math.isnan(s.regret) else f"{100 * s.regret:.1f}%"
-        ax.set_title(f"{title}: optimum drift {drift} log2, regret {regret}", fontsize=10)
-        ax.set_xlabel("log2 learning rate")
-        ax.grid(alpha=0.3, lw=0.4)
-        ax.set_ylim(low, top)
-    axes[0][0].set_ylabel("validation loss")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
-    p = result.protocol
-    ring = {"depth": "deepest at the shallowest", "width": "widest at the narrowest"}.get(
-        result.axis, f"largest {result.axis} at the smallest"
-    )
-    budget = f"{p['steps']} steps, " if p["steps"] else ""
-    heading = (
-        f"{p['factory'].rpartition(':')[2]} on {p['data']}: {budget}{p['optimizer']} "
-        f"(x: diverged; *: optimum; ring: {ring}'s optimum)"
-    )  # a factory's repr can be long (a Hugging Face config's): wrapped, not cut off at the edge
-    fig.suptitle(textwrap.fill(heading, 65 * len(names)), fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _loss_range(result: Grid) -> tuple[float, float]:
-    """Y limits that show the valleys: from just under the lowest loss to a little above the
-    fifth-lowest loss of every curve, so a diverged or stalled cell does not flatten the rest."""
-    losses = [c.val_loss for c in result.cells if math.isfinite(c.val_loss)]
-    if not losses:
-        return 0.0, 1.0
-    low = min(losses)
-    near = []
-    for name in result.parametrizations:
-        for w in result.sizes:
-            row = [result.loss(name, w, lr) for lr in result.lrs]
-            finite = sorted(v for v in row if math.isfinite(v))
-            near += finite[:5]
-    top = min(max(losses), max(near))
-    pad = 0.05 * (top - low) or 0.05 * abs(low) or 0.1
-    return low - pad, top + pad
-
-
-# ---- the demo's report ----------------------------------------------------------------------
 _PARAM_COLOURS = {"mup": "#2ca02c", "sp": "#d62728"}
 
 
 def write_report(result: DemoResult, folder: str | os.PathLike) -> Path:
     """Write the demo's figures (PNG) and ``report.html`` into ``folder``; return the report's
     path. The page embeds every figure, so it can be mailed or archived as one file."""
-    from mutransfer.coord import CoordCheck
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     checks = [CoordCheck.from_dict(result.coord[p]) for p in ("sp", "mup")]
@@ -238,7 +43,7 @@ def write_report(result: DemoResult, folder: str | os.PathLike) -> Path:
 def _plot_sweep(result: DemoResult, path: Path) -> None:
     """Each proxy sweep's trials: validation loss against log2 LR (muP's other searched values
     vary from trial to trial); diverged trials sit on the top edge."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.0), sharey=True, layout="constrained")
     finite = [t["value"] for p in ("mup", "sp") for t in result.sweep[p]["trials"] if t["value"] is not None]
     top, limits = _edge_and_limits(finite)
@@ -288,31 +93,20 @@ def _plot_scan(result: DemoResult, path: Path) -> None:
     """The muTransfer picture: per parametrization, loss against LR at the proxy and at the
     target (other values as transferred); stars at each optimum, the sweep's best LR dotted,
     the target trained there ringed."""
-    plt = _pyplot()
+    plt = pyplot()
     sz = result.settings["sizes"]
     summary = result.summary()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
-    finite = [
-        r["val_loss"] for runs in result.scan.values() for r in runs.values() if r["val_loss"] is not None
-    ]
+    finite = [c.val_loss for p in result.scan for c in result.scan_grid(p).cells if math.isfinite(c.val_loss)]
     top, limits = _edge_and_limits(finite)
     for ax, p in zip(axes, ("mup", "sp"), strict=True):
-        colour = _PARAM_COLOURS[p]
+        colour, scan = _PARAM_COLOURS[p], result.scan_grid(p)
+        xs = [math.log2(lr) for lr in scan.lrs]
         for where, style, alpha in (("proxy", "--o", 0.45), ("target", "-o", 1.0)):
-            runs = result.scan[f"{p}/{where}"]
-            keys = sorted(runs, key=float)
-            xs = [float(k) for k in keys]
-            ys = [runs[k]["val_loss"] for k in keys]
-            ax.plot(
-                xs,
-                [math.nan if y is None else y for y in ys],
-                style,
-                color=colour,
-                alpha=alpha,
-                ms=4,
-                label=f"{where}, width {sz[where]}",
-            )
-            bad = [x for x, y in zip(xs, ys, strict=True) if y is None]
+            ys = [scan.loss(p, sz[where], lr) for lr in scan.lrs]
+            ax.plot(xs, [y if math.isfinite(y) else math.nan for y in ys], style, color=colour, alpha=alpha,
+                    ms=4, label=f"{where}, width {sz[where]}")  # fmt: skip
+            bad = [x for x, y in zip(xs, ys, strict=True) if y == math.inf]
             if bad:
                 ax.plot(bad, [top] * len(bad), "x", color=colour, alpha=alpha, ms=8, mew=1.5)
             o = result.optimum(p, where)
@@ -351,7 +145,7 @@ def _plot_scan(result: DemoResult, path: Path) -> None:
 
 def _plot_target_runs(result: DemoResult, path: Path) -> None:
     """Training loss of the two targets, each trained with its proxy sweep's best values."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
     for p in ("mup", "sp"):
         r = result.target[p]
@@ -436,9 +230,10 @@ def _html(result: DemoResult, checks: Sequence[CoordCheck], images: dict[str, st
             f"leaderboard-{p}",
         )
     columns = [(p, where) for p in ("mup", "sp") for where in ("proxy", "target")]
-    log2_lrs = sorted({int(k) for runs in result.scan.values() for k in runs})
+    scans = {p: result.scan_grid(p) for p in ("mup", "sp")}
+    lrs = sorted({lr for scan in scans.values() for lr in scan.lrs})
     scan_rows = [
-        [f"2^{k}", *(_cell(result.scan[f"{p}/{w}"].get(str(k))) for p, w in columns)] for k in log2_lrs
+        [f"2^{math.log2(lr):g}", *(_cell(scans[p].loss(p, sz[w], lr)) for p, w in columns)] for lr in lrs
     ]
     scan_head = ["lr", *(f"{parametrization_label(p)}, width {sz[w]}" for p, w in columns)]
     transfers = "\n\n".join(Transfer.from_dict(result.transfer[p]).summary() for p in ("mup", "sp"))
@@ -500,7 +295,8 @@ The same files as <code>mutransfer transfer</code> writes are beside this page
 <p>To check the transfer, proxy and target are trained at {2 * sz["scan_span"] + 1} learning rates each, a
 factor 2 apart around the sweep's best, the other values held at the transferred ones: the target runs
 alone are {summary["scan_runs"]} target trainings, the expense muTransfer exists to avoid. Stars mark each
-width's optimum (parabola through the best three points); the drift is how far the target's moved from the
+width's optimum (parabola through the best three points), and the target trains once more at the proxy's
+optimum (as <code>mutransfer grid</code> does); the drift is how far the target's moved from the
 proxy's, and the gap what training at the sweep's best (ring) lost against the target's own best.</p>
 {figure("scan", "LR scans at the proxy and the target, muP and standard")}
 {table(scan_head, scan_rows, "scan")}
@@ -514,10 +310,10 @@ sweep config like <code>examples/sweep-mlp.toml</code> and <code>mutransfer swee
 """
 
 
-def _cell(run: dict[str, Any] | None) -> str:
-    if run is None:
-        return ""
-    return "diverged" if run["val_loss"] is None else f"{run['val_loss']:.4f}"
+def _cell(loss: float) -> str:
+    if math.isnan(loss):
+        return ""  # not in this scan
+    return "diverged" if loss == math.inf else f"{loss:.4f}"
 
 
 def _verdict_word(check: CoordCheck) -> str:
