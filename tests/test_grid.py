@@ -244,12 +244,15 @@ def test_a_model_that_does_not_fit_the_data_gets_a_clear_error(tmp_path):
 
 
 def test_ctrl_c_in_the_command_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    import mutransfer.cli
+    import functools
 
+    import mutransfer.cli.measure
+
+    @functools.wraps(mutransfer.grid)  # the command's flags are read from its signature
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mutransfer.cli, "grid", interrupted)
+    monkeypatch.setattr(mutransfer.cli.measure, "grid", interrupted)
     code = main(["grid", "mutransfer.models:MLP", "--data", "digits", "--json", str(tmp_path / "g.json")])
     assert code == 130
     assert "rerun to resume" in capsys.readouterr().err

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import mutransfer
 from mutransfer.coord import CoordCheck
 from mutransfer.demo import DemoResult
+from mutransfer.errors import MutransferError
 from mutransfer.grid import Grid
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -39,3 +41,13 @@ def test_the_saved_demo_loads_with_its_coordinate_checks():
     assert checks[0].passed and not checks[1].passed
     assert checks[0].sizes == (32, 64, 128, 256) and checks[0].widths == checks[0].sizes
     assert "muTransfer demo" in result.table()
+
+
+def test_a_coordinate_check_file_loads_and_a_wrong_file_says_so(tmp_path):
+    saved = json.loads((RESULTS / "demo.json").read_text())["coord"]["mup"]  # written before "sizes"
+    (tmp_path / "c.json").write_text(json.dumps(saved))
+    check = mutransfer.CoordCheck.load(tmp_path / "c.json")
+    assert check.passed and check.sizes == tuple(saved["widths"])
+    (tmp_path / "g.json").write_text(json.dumps({"cells": []}))
+    with pytest.raises(MutransferError, match="not a coordinate check file"):
+        mutransfer.CoordCheck.load(tmp_path / "g.json")

@@ -23,7 +23,11 @@ from mutransfer.errors import MutransferError
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import plan as make_plan
 
-__all__ = ["TRAINING_AXES", "Axis", "axis_of", "depth_plan", "plural", "width_plan"]
+__all__ = ["DEFAULT_WIDTHS", "TRAINING_AXES", "Axis", "axis_of", "depth_plan", "plural", "width_plan"]
+
+# The widths compared when none are given: 4 over 8x, the smallest setting whose coordinate-check
+# verdict benchmarks/coord_thresholds.py found reliable.
+DEFAULT_WIDTHS = (32, 64, 128, 256)
 
 
 def width_plan(
@@ -125,9 +129,11 @@ def axis_of(
     training: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[Axis, list[int]]:
     """The axis and its sorted sizes from ``widths=``, ``depths=`` or one ``training`` axis
-    (``{"steps": [100, 200, 400]}``); exactly one of them."""
+    (``{"steps": [100, 200, 400]}``); at most one of them (none: ``DEFAULT_WIDTHS``)."""
     training = {k: v for k, v in (training or {}).items() if v}
     given = [n for n, v in (("widths", widths), ("depths", depths)) if v] + list(training)
+    if not given:
+        return Axis(width_key), list(DEFAULT_WIDTHS)
     if len(given) != 1:
         got = f"; got {', '.join(given)}" if given else ""
         raise MutransferError(

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -51,7 +52,7 @@ from mutransfer.coord.result import CoordCheck
 from mutransfer.coord.verdict import judge, slope
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, MutransferWarning, check_number
-from mutransfer.parametrizations import Parametrization
+from mutransfer.parametrizations import Parametrization, label
 from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
@@ -105,7 +106,8 @@ def coord_check(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> CoordCheck | list[CoordCheck]:
-    """Train ``make_model(**shape, width=w)`` for ``steps`` steps at every width; judge growth.
+    """Train ``make_model(**shape, width=w)`` for ``steps`` steps at every width (default
+    ``DEFAULT_WIDTHS``: 32, 64, 128, 256); judge growth.
 
     ``data`` is any ``mutransfer.data.Batches`` (``batch(index, batch_size, seed=...)``); batch
     0 is the probe; runs use seeds ``seed`` to ``seed + seeds - 1`` (init and batches).
@@ -138,7 +140,16 @@ def coord_check(
     if parametrizations is None:
         return run(model, training, parametrization=parametrization, **settings)
     check_parametrizations(parametrizations, "parametrizations")
-    return [run(model, training, parametrization=p, **settings) for p in parametrizations]
+    results = []
+    for i, p in enumerate(parametrizations):  # one count over all of them, each run named
+        if progress is not None:
+            settings["progress"] = partial(_counted, progress, i, len(parametrizations), label(p))
+        results.append(run(model, training, parametrization=p, **settings))
+    return results
+
+
+def _counted(progress: Progress, index: int, count: int, name: str, done: int, total: int, what: str) -> None:
+    progress(index * total + done, count * total, f"{name}: {what}")
 
 
 def run(

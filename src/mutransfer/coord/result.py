@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mutransfer.coord.verdict import ModuleCheck, slopes
-from mutransfer.files import save_json
+from mutransfer.errors import MutransferError
+from mutransfer.files import load_json, save_json
 from mutransfer.text import table
 
 __all__ = ["CoordCheck"]
@@ -99,6 +100,14 @@ class CoordCheck:
 
     def save(self, path: str | os.PathLike) -> None:
         save_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> CoordCheck:
+        fix = "pass the --json file of mutransfer coord-check, or CoordCheck.save's."
+        try:
+            return cls.from_dict(load_json(path, "coordinate check file", fix))
+        except (KeyError, TypeError) as exc:
+            raise MutransferError(f"{path} is not a coordinate check file ({exc}). Fix: {fix}") from None
 
 
 def _num(x: float) -> str:

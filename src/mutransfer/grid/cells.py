@@ -66,6 +66,7 @@ def grid(
     progress: GridProgress | None = None,
 ) -> Grid:
     """Train every (parametrization, width, LR, seed) cell, then the transfer runs; return the Grid.
+    ``widths`` default to 32, 64, 128, 256 (``mutransfer.axis.DEFAULT_WIDTHS``).
 
     ``shape`` holds the factory's other keywords; ``sp_shape`` those that differ for the standard
     model (e.g. ``{"base_d_head": None}``). muP uses the plan from ``base`` (default: the
