@@ -50,19 +50,19 @@ transfer: $(VENV)/.installed
 
 # the coordinate check of the reference GPT, standard vs muP, as in the README
 coord-check: $(VENV)/.installed
-	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --set base_d_head=8 --compare-sp \
-		--sp-set base_d_head=None --out out/coord.png --json out/coord.json
+	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --shape base_d_head=8 --parametrizations sp mup \
+		--sp-shape base_d_head=None --out out/coord.png --json out/coord.json
 
 # the same over depth: CompleteP vs standard, the GPT at width 32 with 2..16 blocks (~20 s)
 coord-check-depth: $(VENV)/.installed
 	$(VENV)/bin/mutransfer coord-check mutransfer.models:GPT --depths 2 4 8 16 --residual 'blocks.*proj' \
-		--set width=32 --block-size 64 --compare-sp --out out/coord-depth.png --json out/coord-depth.json
+		--shape width=32 --block-size 64 --parametrizations sp mup --out out/coord-depth.png --json out/coord-depth.json
 
 # the README's width x LR grid of the reference GPT, standard vs muP (~8 min on 2 cores; resumes)
 grid: $(VENV)/.installed
 	$(VENV)/bin/mutransfer grid mutransfer.models:GPT --data shakespeare --widths 32 64 128 256 \
-		--log2-lrs -11 -10 -9 -8 -7 -6 --batch-size 8 --set base_d_head=8 --sp-set base_d_head=None \
-		--json out/gpt-grid.json
+		--log2-lrs -11 -10 -9 -8 -7 -6 --batch-size 8 --shape base_d_head=8 --sp-shape base_d_head=None \
+		--path out/gpt-grid.json
 
 # successive halving vs the full grid on the reference MLP (~6 min on 2 cores)
 pruning: $(VENV)/.installed

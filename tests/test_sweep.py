@@ -20,8 +20,9 @@ from mutransfer.cli import main
 from mutransfer.errors import MutransferError
 from mutransfer.sweep import Range, SweepConfig, load_config, runner, sweep
 from mutransfer.sweep.config import ConfigError
-from mutransfer.sweep.runner import SameShapePruner, open_study, status
+from mutransfer.sweep.runner import SameShapePruner, open_study
 from mutransfer.sweep.space import grid_points
+from mutransfer.sweep.status import status
 from sweep_helpers import mlp_config
 
 GRID_LRS = [2.0**k for k in range(-9, -2)]
@@ -499,7 +500,7 @@ def test_an_absorbed_output_multiplier_trains_like_a_forward_one():
     forward = MLP(**shape)
     groups = plan.param_groups(forward, lr=lr, eps=1e-12)
     reference = losses(forward, torch.optim.Adam(groups), a)
-    absorbed, opt = build(MLP, shape, plan=plan, lr=lr, output_mult=a, seed=0)
+    absorbed, opt = build(MLP, shape, plan=plan, lr=lr, multipliers={"output_mult": a}, seed=0)
     for g in opt.param_groups:
         g["eps"] = 1e-12  # eps is the one place the two forms differ
     assert losses(absorbed, opt, 1.0) == pytest.approx(reference, rel=1e-4)

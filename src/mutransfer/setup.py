@@ -104,7 +104,7 @@ class ModelSetup:
             device=training.device,
         )
         if tuned:
-            settings |= dict(init_law=self.init_law, zero=self.zero, **self.multipliers)
+            settings |= dict(init_law=self.init_law, zero=self.zero, multipliers=self.multipliers)
         return build(self.factory, shape, plan=plan, lr=lr, seed=seed, **settings)
 
     def protocol(self) -> dict[str, Any]:

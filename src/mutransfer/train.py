@@ -110,21 +110,20 @@ def build(
     weight_decay: float = 0.0,
     init_law: str | None = None,
     zero: Sequence[str] = (),
-    init_scale: float = 1.0,
-    input_mult: float = 1.0,
-    output_mult: float = 1.0,
+    multipliers: Mapping[str, float] | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[nn.Module, torch.optim.Optimizer]:
     """``make_model(**shape)`` from ``seed`` and its optimizer: muP under ``plan``, else standard
     parametrization (the model as built, one learning rate and weight decay for every tensor).
-    The tuned multipliers (see ``role_multipliers``) need a plan to know the roles; a plan at
-    the model's own shape (``width_plan`` with ``base == width``) is standard parametrization."""
+    The tuned ``multipliers`` (``init_scale``, ``input_mult``, ``output_mult``; see
+    ``role_multipliers``) need a plan to know the roles; a plan at the model's own shape
+    (``width_plan`` with ``base == width``) is standard parametrization."""
     builder, family = optimizer_class(optimizer, optimizer_family)
     check_device(device)
     torch.manual_seed(seed)
     model = construct(make_model, shape, "cpu").to(device)
-    init, lr_scale = role_multipliers(init_scale, input_mult, output_mult, family)
+    init, lr_scale = role_multipliers(**(multipliers or {}), family=family)
     if plan is not None:
         plan.init_(model, init_law=init_law, zero=zero, scale=init)
         groups = plan.param_groups(

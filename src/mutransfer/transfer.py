@@ -192,7 +192,7 @@ class Transfer:
             zero=self.zero,
             seed=seed,
             device=device,
-            **{k: float(h[k]) for k in MULTIPLIERS if k in h},
+            multipliers={k: float(h[k]) for k in MULTIPLIERS if k in h},
         )
 
     def summary(self) -> str:
@@ -266,7 +266,8 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
     tuning cost. ``parametrization="sp"`` copies the values without muP scaling (the baseline
     that shows what muP buys)."""
     from mutransfer.sweep.experiment import Experiment
-    from mutransfer.sweep.runner import budget, open_study, status
+    from mutransfer.sweep.runner import budget, open_study
+    from mutransfer.sweep.status import status
 
     if "://" not in config.storage_url and not Path(config.storage_url).exists():
         raise MutransferError(  # before open_study, which would create an empty journal

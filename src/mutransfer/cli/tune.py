@@ -13,7 +13,8 @@ from typing import Any
 from mutransfer.errors import MutransferError
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.sweep import SweepConfig, load_config, sweep
-from mutransfer.sweep.runner import leaderboard, open_study, run_worker
+from mutransfer.sweep.runner import open_study, run_worker
+from mutransfer.sweep.status import leaderboard
 from mutransfer.sweep.storage import open_storage, redact
 from mutransfer.transfer import transfer
 

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,7 +25,19 @@ from mutransfer.errors import MutransferError
 from mutransfer.factory import construct
 from mutransfer.scaling.roles import ParamRole, Role, canonical_name
 
-__all__ = ["LAWS", "Measured", "check_measured", "measure", "user_growth"]
+__all__ = [
+    "INIT_LAWS",
+    "LAWS",
+    "InitLaw",
+    "Measured",
+    "check_init_law",
+    "check_measured",
+    "measure",
+    "user_growth",
+]
+
+InitLaw = Literal["fan_in", "constant", "measured"]
+INIT_LAWS = ("fan_in", "constant", "measured")  # what a user may declare; "measured": read it
 
 LAWS = {"constant": 0.0, "fan_in": -0.5, "1/fan_in": -1.0}  # name -> exponent of rms against width
 _TOLERANCE = 0.12  # how far a measured exponent may sit from its law beyond its sampling noise
@@ -150,3 +162,12 @@ def check_measured(measured: Measured) -> None:
             "muP's init should multiply it by. Fix: pass init_law='fan_in' or 'constant' to "
             "mutransfer.plan (what your init does), or init these tensors with one of those laws."
         )
+
+
+def check_init_law(init_law: Any) -> InitLaw:
+    if init_law not in INIT_LAWS:
+        raise MutransferError(
+            f"init_law must be one of {list(INIT_LAWS)}, got {init_law!r} ('fan_in': std ~ 1/sqrt(fan_in), "
+            "PyTorch's default; 'constant': one std at every width; 'measured': what the plan read)."
+        )
+    return init_law

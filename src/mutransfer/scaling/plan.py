@@ -25,13 +25,11 @@ the factory.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,27 +38,19 @@ from mutransfer.errors import MutransferError, MutransferWarning, check_number
 from mutransfer.files import check_format, load_json, save_json
 from mutransfer.scaling.attention import AttentionSite, fix_, fixed_modules
 from mutransfer.scaling.depth import Depth
+from mutransfer.scaling.describe import describe
 from mutransfer.scaling.forward import ScaleInput, ScaleOutput, plan_hooks
-from mutransfer.scaling.init_law import user_growth
-from mutransfer.scaling.roles import (
-    ParamRole,
-    Role,
-    canonical_name,
-    unwrap,
-)
+from mutransfer.scaling.init_law import InitLaw, check_init_law, user_growth
+from mutransfer.scaling.roles import ParamRole, Role, canonical_name, match_patterns, unwrap
 from mutransfer.scaling.rules import Multipliers, depth_multipliers, init_multiplier, multipliers, muon_takes
-from mutransfer.text import table
 
-__all__ = ["INIT_LAWS", "Plan", "check_init_law", "load_plan", "match_patterns"]
+__all__ = ["Plan", "load_plan"]
 
 FORMAT_VERSION = 3  # 2 added depth, 3 the measured init law and the attention; older files still load
-InitLaw = Literal["fan_in", "constant", "measured"]
-INIT_LAWS = ("fan_in", "constant", "measured")
 
 # Set on the root module by init_ (a module attribute, never a tensor one, so deepcopy keeps it
 # and a state_dict does not carry it): a second init_ would scale the weights twice.
 _INITIALISED = "_mutransfer_initialised"
-_INDEX = re.compile(r"(?<![^.])\d+(?![^.])")  # a whole numeric name segment: the 3 in blocks.3.fc
 
 
 @dataclass(frozen=True)
@@ -309,69 +299,9 @@ class Plan:
 
     # ---- reporting -----------------------------------------------------------------------
     def summary(self, optimizer_family: str = "adam") -> str:
-        """A table of every parameter: shapes, role, fan multipliers, init and optimizer factors.
-
-        Tensors that differ only by a block number and share every factor take one row, e.g.
-        ``blocks.{0..7}.attn.qkv.weight``."""
-        head = ["parameter", "base -> target", "role", "m_in", "m_out", "init x", "lr x", "eps x"]
-        if self.depth is not None:
-            head.insert(3, "depth")
-        rows = []
-        for p in self.params:
-            _, mult = self.factors(p, optimizer_family)
-            init = self.init_factor(p)
-            names = p.name + "".join(f" = {a}" for a in p.aliases)
-            shapes = f"{_shape(p.base_shape)} -> {_shape(p.target_shape)}"
-            eps = "-" if mult.eps is None else f"{mult.eps:.4g}"
-            role = p.role.value + (" (muon)" if optimizer_family == "muon" and muon_takes(p) else "")
-            row = [names, shapes, role, f"{p.m_in:g}", f"{p.m_out:g}", f"{init:.4g}", f"{mult.lr:.4g}", eps]
-            if self.depth is not None:
-                row.insert(3, self.depth.place(p.name))
-            rows.append(row)
-        rows = _merge_repeated(rows)
-        lines = [
-            f"muP plan: width x{self.width_multiplier:g} ({dict(self.base)} -> "
-            f"{dict(self.target)}), optimizer family '{optimizer_family}'"
-        ]
-        lines += table([head, *rows], rule=True)
-        counts = {r.value: sum(p.role is r for p in self.params) for r in Role}
-        lines.append("roles: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
-        law = self.init_law
-        if law == "measured":
-            found = sorted(set(self.init_laws.values()) - {"zero"})
-            law = f"measured per tensor ({', '.join(found) or 'nothing to measure'})"
-        lines.append(f"init law: {law}; 'init x' is what init_ multiplies your init by")
-        for name in self.tied_readouts:
-            lines.append(f"tied readout input scaled by 1/{self._readout_multiplier(name):g}: {name}")
-        lines += self._attention_lines()
-        if self.depth is not None:
-            d = self.depth
-            lines.append(
-                f"depth: {d.key} {d.base} -> {d.target} blocks (m_L {d.multiplier:g}), alpha {d.alpha:g}: "
-                f"branch multiplier {d.branch_multiplier:.4g}, absorbed into the branch ends"
-                + (f"; output hooks on {', '.join(d.hooked)}" if d.hooked else "")
-            )
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def _attention_lines(self) -> list[str]:
-        if self.attention is None:
-            return []
-        if not self.attention:
-            return ["attention: none found in one forward pass"]
-        lines = []
-        for site in self.attention:
-            if site.is_mup:
-                verdict = "muP" if site.law == "1/d_head" else "nothing to scale"
-            elif site.fix == "query":
-                verdict = f"made 1/d_head by attach_: queries x{site.factor:.4g}"
-            elif site.fix:
-                way = "x" if site.fix[0] == "*" else "/"
-                verdict = f"made 1/d_head by attach_: its attribute {site.fix[1:]} {way}{site.factor:.4g}"
-            else:
-                verdict = "NOT muP. Fix: " + site.fix_text()
-            lines.append(f"attention {site.describe()}; {verdict}")
-        return [row[0] for row in _merge_repeated([[line] for line in lines])]  # blocks.{0..7}.attn
+        """A table of every parameter: shapes, role, fan multipliers, init and optimizer factors,
+        then the init law, the forward-pass factors, depth and notes (see ``describe``)."""
+        return describe(self, optimizer_family)
 
     # ---- plain data ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -485,28 +415,6 @@ def load_plan(path: str | os.PathLike) -> Plan:
         raise MutransferError(f"{path} is not a plan file ({exc!r}). Fix: save the plan again.") from None
 
 
-def check_init_law(init_law: Any) -> InitLaw:
-    if init_law not in INIT_LAWS:
-        raise MutransferError(
-            f"init_law must be one of {list(INIT_LAWS)}, got {init_law!r} ('fan_in': std ~ 1/sqrt(fan_in), "
-            "PyTorch's default; 'constant': one std at every width; 'measured': what the plan read)."
-        )
-    return init_law
-
-
-def match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set[str]:
-    matched: set[str] = set()
-    for pattern in patterns:
-        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
-        if not hits:
-            raise MutransferError(
-                f"{what} pattern {pattern!r} matches no parameter. Parameter names look like "
-                f"{names[:4]}; patterns use fnmatch ('*' matches dots too)."
-            )
-        matched |= hits
-    return matched
-
-
 def _say_frozen(tensors: Mapping[str, torch.Tensor], what: str) -> None:
     """A frozen tensor (``requires_grad=False``) is the user's to keep: say what happens to it."""
     frozen = [n for n, t in tensors.items() if not t.requires_grad]
@@ -527,30 +435,3 @@ def _role_factors(factors: Mapping[str, float] | None, what: str) -> dict[str, f
     if unknown:
         raise MutransferError(f"{what} has unknown roles {unknown}; the roles are {[r.value for r in Role]}.")
     return factors
-
-
-def _merge_repeated(rows: list[list[str]]) -> list[list[str]]:
-    """One row per name pattern (index segments -> ``{first..last}``) whose other columns agree."""
-    merged: dict[tuple[str, ...], list] = {}
-    for row in rows:
-        numbers = _INDEX.findall(row[0])
-        key = (_INDEX.sub("#", row[0]), len(numbers), *row[1:])
-        merged.setdefault(key, [row, []])[1].append(numbers)
-    out = []
-    for (_, _, *rest), (first, numbers) in merged.items():
-        if len(numbers) == 1:
-            out.append(first)
-            continue
-        varying = [i for i in range(len(numbers[0])) if len({n[i] for n in numbers}) > 1]
-        parts = iter(_INDEX.split(first[0]))
-        name = next(parts)
-        for i, part in enumerate(parts):
-            column = sorted({int(n[i]) for n in numbers})
-            name += f"{{{column[0]}..{column[-1]}}}" if i in varying else numbers[0][i]
-            name += part
-        out.append([name, *rest])
-    return out
-
-
-def _shape(s: tuple[int, ...]) -> str:
-    return "x".join(map(str, s)) or "scalar"

@@ -32,14 +32,15 @@ from mutransfer.errors import MutransferError, MutransferWarning
 from mutransfer.factory import construct
 from mutransfer.scaling.attention import AttentionSite
 from mutransfer.scaling.depth import check_depth_arguments, find_depth
-from mutransfer.scaling.init_law import check_measured, measure
+from mutransfer.scaling.init_law import check_init_law, check_measured, measure
 from mutransfer.scaling.intercept import calls, extrapolate, pair, static_sites
-from mutransfer.scaling.plan import Plan, check_init_law, match_patterns
+from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import (
     Role,
     canonical_name,
     infer_roles,
     mark_linear,
+    match_patterns,
     parameter_layout,
     tied_readouts,
     width_multiplier,

@@ -15,6 +15,7 @@ Shapes come from the factory run on the meta device: no memory, no compute.
 from __future__ import annotations
 
 import enum
+import fnmatch
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "infer_roles",
     "is_conv1d",
     "mark_linear",
+    "match_patterns",
     "parameter_layout",
     "tied_readouts",
     "unwrap",
@@ -342,3 +344,16 @@ def _check_no_kernel_scaling(name: str, shape: tuple[int, ...], use: _Use, scali
             "width, but it is a kernel dimension, neither fan-in nor fan-out. Fix: keep kernel "
             "sizes fixed across shapes."
         )
+
+
+def match_patterns(patterns: Iterable[str], names: list[str], what: str) -> set[str]:
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern)}
+        if not hits:
+            raise MutransferError(
+                f"{what} pattern {pattern!r} matches no parameter. Parameter names look like "
+                f"{names[:4]}; patterns use fnmatch ('*' matches dots too)."
+            )
+        matched |= hits
+    return matched

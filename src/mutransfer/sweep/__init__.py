@@ -11,8 +11,9 @@ Optuna is imported only when a sweep runs, so ``import mutransfer`` stays fast.
 
 from mutransfer.sweep.config import HPARAMS, ConfigError, SweepConfig, load_config
 from mutransfer.sweep.experiment import ProxyRun
-from mutransfer.sweep.runner import Status, leaderboard, open_study, run_worker, status, sweep
+from mutransfer.sweep.runner import open_study, run_worker, sweep
 from mutransfer.sweep.space import Range
+from mutransfer.sweep.status import Status, leaderboard, status
 
 __all__ = [
     "HPARAMS",
