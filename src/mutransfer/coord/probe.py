@@ -72,34 +72,68 @@ def run(
     extra: Sequence[str] = (),
 ) -> Run:
     """Train ``steps`` steps; before each (and after the last) measure every point on batch 0."""
-    named = {canonical_name(n): m for n, m in model.named_modules()}
-    watched = _watched(named, patterns) | {n: named[n] for n in extra}
-    streams = [s for s in _stream_points(named) if s[0] not in watched] if patterns is None else []
-    initial = copy.deepcopy(model)  # before any hook: calling its modules records nothing
-    initial_modules = {canonical_name(n): m for n, m in initial.named_modules()}
-    observed_inside = {n.rpartition(".")[0] for n, m in named.items() if isinstance(m, AttentionLogits)}
-    out = Run({}, [], [])
-    first: dict[str, torch.Tensor] = {}
-    last: list[str] = []  # the point recorded most recently in this forward pass
+    points = _Points(model, patterns, extra)
+    probe = fetch(data, 0, batch_size, seed=seed, device=device)
+    for step in range(steps + 1):
+        points.last.clear()
+        with points.hooks(), torch.no_grad():
+            output = _forward(model, probe[0], data)
+            loss = _loss(loss_fn, output, probe[1]).item()
+        points.out.losses.append(loss)
+        if step == steps:
+            break
+        x, y = fetch(data, step + 1, batch_size, seed=seed, device=device)
+        optimizer.zero_grad(set_to_none=True)
+        _loss(loss_fn, _forward(model, x, data), y).backward()
+        optimizer.step()
+    return points.out
 
-    def record(name: str, value: torch.Tensor, extra_values: dict[str, float]) -> None:
-        value = value.detach().float()
+
+class _Points:
+    """The points one check watches in one model, and what each probe pass records of them."""
+
+    def __init__(self, model: nn.Module, patterns: Sequence[str] | None, extra: Sequence[str]) -> None:
+        named = {canonical_name(n): m for n, m in model.named_modules()}
+        self.model, self.everything = model, patterns is None
+        self.watched = _watched(named, patterns) | {n: named[n] for n in extra}
+        self.streams = (
+            [s for s in _stream_points(named) if s[0] not in self.watched] if self.everything else []
+        )
+        initial = copy.deepcopy(model)  # before any hook: calling its modules records nothing
+        self.initial = {canonical_name(n): m for n, m in initial.named_modules()}
+        self.inside = {n.rpartition(".")[0] for n, m in named.items() if isinstance(m, AttentionLogits)}
+        self.out = Run({}, [], [])
+        self.first: dict[str, torch.Tensor] = {}
+        self.last: list[str] = []  # the points recorded so far in this forward pass, in order
+        for name, module in self.watched.items():
+            if isinstance(module, AttentionLogits):
+                self.out.kinds[name], self.out.functions[name] = "attention", "logits"
+        for (before, _, _), (name, _, where) in zip(
+            [(None, None, None), *self.streams], self.streams, strict=False
+        ):
+            self.out.kinds[name] = "stream" if where == "pre" else "block"
+            if where == "post":  # a block's output against its input: the stream it adds its branches to
+                self.out.previous[name] = before
+        self.out.kinds[OUTPUT] = "model"
+
+    def record(self, name: str, value: torch.Tensor, extra_values: dict[str, float]) -> None:
+        out, value = self.out, value.detach().float()
         values = {"rms": _rms(value), "change": math.nan, "update": math.nan, **extra_values}
-        if name not in first:
-            first[name] = value
+        if name not in self.first:
+            self.first[name] = value
             out.order.append(name)
-            if last and out.kinds.get(name) in ("stream", "model") and name not in out.previous:
-                out.previous[name] = last[-1]  # what ran just before: a factor between would be in a forward
-        elif first[name].shape == value.shape:
-            values["change"] = _rms(value - first[name])
+            if self.last and out.kinds.get(name) in ("stream", "model") and name not in out.previous:
+                out.previous[name] = self.last[-1]  # what ran just before: a factor between is in a forward
+        elif self.first[name].shape == value.shape:
+            values["change"] = _rms(value - self.first[name])
         for measure in MEASURES:
             out.series.setdefault(f"{measure}:{name}", []).append(values.get(measure, math.nan))
-        last.append(name)
+        self.last.append(name)
 
-    def module_hook(name: str, module: nn.Module, interceptor):
+    def module_hook(self, name: str, module: nn.Module, interceptor: Any) -> Callable[..., None]:
         is_logits, owns = isinstance(module, AttentionLogits), _owns_parameters(module)
 
-        def hook(mod, args, kwargs, output):
+        def hook(mod: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
             out_t = _first_tensor(output)
             if out_t is None:
                 return
@@ -107,49 +141,26 @@ def run(
             if is_logits:  # muP's scale is 1/d_head: scale * d_head stays fixed
                 scale = args[2] if len(args) > 2 else kwargs["scale"]
                 values["scale"] = float(scale) * args[0].shape[-1]
-            if owns and name in first:  # the initial module on today's input: what the updates did
+            if owns and name in self.first:  # the initial module on today's input: what the updates did
                 with interceptor.pause():
-                    before = _first_tensor(initial_modules[name].forward(*args, **kwargs))
+                    before = _first_tensor(self.initial[name].forward(*args, **kwargs))
                 values["update"] = _rms(out_t.detach().float() - before.detach().float())
-            record(name, out_t, values)
+            self.record(name, out_t, values)
 
         return hook
 
-    def on_attention(call: AttentionCall) -> None:
-        if call.module in observed_inside:  # its own AttentionLogits hook point reports it
+    def on_attention(self, call: AttentionCall) -> None:
+        if call.module in self.inside:  # its own AttentionLogits hook point reports it
             return
-        out.kinds[call.name] = "attention"
-        out.functions[call.name] = call.function
+        self.out.kinds[call.name] = "attention"
+        self.out.functions[call.name] = call.function
         q, k = call.q.float(), call.k.float()
         values = {"input": _rms(q) * _rms(k), "scale": call.scale * call.d_head}
-        record(call.name, logits(q, k, call.scale), values)
+        self.record(call.name, logits(q, k, call.scale), values)
 
-    for name, module in watched.items():
-        if isinstance(module, AttentionLogits):
-            out.kinds[name], out.functions[name] = "attention", "logits"
-    for (before, _, _), (name, _, where) in zip([(None, None, None), *streams], streams, strict=False):
-        out.kinds[name] = "stream" if where == "pre" else "block"
-        if where == "post":  # a block's output against its input: the stream it adds its branches to
-            out.previous[name] = before
-    out.kinds[OUTPUT] = "model"
-
-    probe = fetch(data, 0, batch_size, seed=seed, device=device)
-    for step in range(steps + 1):
-        last.clear()
-        with (
-            _hooks(model, watched, streams, patterns is None, module_hook, record, on_attention),
-            torch.no_grad(),
-        ):
-            output = _forward(model, probe[0], data)
-            loss = _loss(loss_fn, output, probe[1]).item()
-        out.losses.append(loss)
-        if step == steps:
-            break
-        x, y = fetch(data, step + 1, batch_size, seed=seed, device=device)
-        optimizer.zero_grad(set_to_none=True)
-        _loss(loss_fn, _forward(model, x, data), y).backward()
-        optimizer.step()
-    return out
+    def hooks(self) -> contextlib.AbstractContextManager[Any]:
+        return _hooks(self.model, self.watched, self.streams, self.everything, self.module_hook, self.record,
+                      self.on_attention)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -67,41 +67,14 @@ def judge(
     previous, functions, inits = previous or {}, functions or {}, inits or {}
     diverged = _divergence(widths, loss)
     steps = len(loss[0])
-    measured = []
     all_slopes = {name: {m: slopes(widths, curves[m].get(name, []), steps) for m in curves} for name in order}
+    measured = []
     for name in order:
-        s = all_slopes[name]
         kind = kinds.get(name, "other")
-        worst = {m: _extreme(s[m], max) for m in ("rms", "change", "update")}
-        worst["scale"] = s["scale"][0]
-        param, stray = inits.get(name, ("", math.nan))
-        # shrinking is judged after the last step: one step's update is noisy, and a layer whose
-        # learning rate is scaled down too far shrinks at every step, the last included
-        low = {m: s[m][-1] for m in ("change", "update")}
         prev = all_slopes.get(previous.get(name, ""))
-        # a point no module owns moves against the point before it: a factor in a forward pass
-        moved = _relative(s["change"], prev["change"]) if kind in _FREE and prev else [math.nan]
-        if diverged or any(math.isinf(v) for m in ("rms", "change", "update") for v in s[m]):
-            status = "diverged"
-        else:
-            judged = [v for m, v in worst.items() if m != "change" or _change_judged(kind, axis)]
-            if max(_finite(v) for v in [*judged, _extreme(moved, max), stray]) > threshold:
-                status = "grows"
-            # over depth a block's own share shrinks like 1/L by design (CompleteP's branch multiplier)
-            elif min(_finite(v) for v in [low["update"] if axis == "width" else math.nan,
-                                          moved[-1], stray]) < -threshold:  # fmt: skip
-                status = "vanishes"
-            else:
-                status = "ok"
-        reason = _own_fault(status, kind, worst, s, moved, stray, threshold, axis)
-        if reason is None and status in ("grows", "vanishes") and abs(_finite(stray)) > threshold:
-            reason = f"param:{param}:{stray:+.2f}"
-        shown = {m: (low[m] if status == "vanishes" and m in low else worst[m]) for m in worst}
-        if kind in _FREE and reason == "forward":  # the change column shows the jump at the factor
-            shown["change"] = _extreme(moved, max if status == "grows" else min)
-        shown["init"] = stray
+        status, reason, shown = _status(kind, all_slopes[name], prev, inits.get(name, ("", math.nan)),
+                                        bool(diverged), threshold, axis)  # fmt: skip
         measured.append((name, kind, shown, status, reason))
-
     # a block that grows past its input because a module inside it grows inherits that fault: the
     # factor-in-forward reading is for growth no module inside explains
     failing = {name for name, _, _, status, _ in measured if status in ("grows", "vanishes")}
@@ -112,34 +85,70 @@ def judge(
     first_cause = {
         st: next((n for n, _, _, s, r in measured if r and s == st), None) for st in ("grows", "vanishes")
     }
-    verdicts = []
-    for name, kind, shown, status, reason in measured:
-        if status == "diverged":
-            hint = diverged or "its output is not finite at some width: training diverged. Fix: lower lr."
-        elif status == "ok":
-            hint = ""
-        elif axis == "depth":  # one fault there: the branches or their LRs are not scaled
-            hint = _DEPTH_HINT
-        elif reason:
-            hint = _hint(kind, reason, functions.get(name, ""), previous.get(name, ""), name)
-        elif first_cause[status]:
-            verb = "grows" if status == "grows" else "shrinks"
-            hint = f"{verb} because its input {verb}; it starts at {first_cause[status]}"
+    return tuple(
+        ModuleCheck(name, kind, shown["rms"], shown["change"], shown["update"], shown["scale"], status=status,
+                    cause=reason is not None, init_slope=shown["init"],
+                    hint=_explain(name, kind, status, reason, diverged, axis, functions.get(name, ""),
+                                  previous.get(name, ""), first_cause.get(status)))
+        for name, kind, shown, status, reason in measured
+    )  # fmt: skip
+
+
+def _status(
+    kind: str,
+    s: Mapping[str, list[float]],
+    prev: Mapping[str, list[float]] | None,
+    init: tuple[str, float],
+    diverged: bool,
+    threshold: float,
+    axis: str,
+) -> tuple[str, str | None, dict[str, float]]:
+    """One point's status, its own fault (None: it inherits its input's) and the exponents shown."""
+    param, stray = init
+    worst = {m: _extreme(s[m], max) for m in ("rms", "change", "update")}
+    worst["scale"] = s["scale"][0]
+    # shrinking is judged after the last step: one step's update is noisy, and a layer whose
+    # learning rate is scaled down too far shrinks at every step, the last included
+    low = {m: s[m][-1] for m in ("change", "update")}
+    # a point no module owns moves against the point before it: a factor in a forward pass
+    moved = _relative(s["change"], prev["change"]) if kind in _FREE and prev else [math.nan]
+    if diverged or any(math.isinf(v) for m in ("rms", "change", "update") for v in s[m]):
+        status = "diverged"
+    else:
+        judged = [v for m, v in worst.items() if m != "change" or _change_judged(kind, axis)]
+        if max(_finite(v) for v in [*judged, _extreme(moved, max), stray]) > threshold:
+            status = "grows"
+        # over depth a block's own share shrinks like 1/L by design (CompleteP's branch multiplier)
+        elif min(_finite(v) for v in [low["update"] if axis == "width" else math.nan,
+                                      moved[-1], stray]) < -threshold:  # fmt: skip
+            status = "vanishes"
         else:
-            hint = f"{status} a little in each of several modules; check that the plan covers every layer"
-        slopes_ = (shown["rms"], shown["change"], shown["update"], shown["scale"])
-        verdicts.append(
-            ModuleCheck(
-                name,
-                kind,
-                *slopes_,
-                status=status,
-                cause=reason is not None,
-                hint=hint,
-                init_slope=shown["init"],
-            )
-        )
-    return tuple(verdicts)
+            status = "ok"
+    reason = _own_fault(status, kind, worst, s, moved, stray, threshold, axis)
+    if reason is None and status in ("grows", "vanishes") and abs(_finite(stray)) > threshold:
+        reason = f"param:{param}:{stray:+.2f}"
+    shown = {m: (low[m] if status == "vanishes" and m in low else worst[m]) for m in worst}
+    if kind in _FREE and reason == "forward":  # the change column shows the jump at the factor
+        shown["change"] = _extreme(moved, max if status == "grows" else min)
+    shown["init"] = stray
+    return status, reason, shown
+
+
+def _explain(name: str, kind: str, status: str, reason: str | None, diverged: str, axis: str, function: str,
+             previous: str, first_cause: str | None) -> str:  # fmt: skip
+    """The verdict's sentence: the fault and its fix, or where the growth it inherits starts."""
+    if status == "diverged":
+        return diverged or "its output is not finite at some width: training diverged. Fix: lower lr."
+    if status == "ok":
+        return ""
+    if axis == "depth":  # one fault there: the branches or their LRs are not scaled
+        return _DEPTH_HINT
+    if reason:
+        return _hint(kind, reason, function, previous, name)
+    if first_cause:
+        verb = "grows" if status == "grows" else "shrinks"
+        return f"{verb} because its input {verb}; it starts at {first_cause}"
+    return f"{status} a little in each of several modules; check that the plan covers every layer"
 
 
 def _change_judged(kind: str, axis: str) -> bool:

@@ -13,6 +13,7 @@ from mutransfer.coord import CoordCheck
 from mutransfer.demo.result import DemoResult
 from mutransfer.parametrizations import label as parametrization_label
 from mutransfer.plot import plot_coord_check, pyplot
+from mutransfer.transfer import Transfer
 
 __all__ = ["write_report"]
 
@@ -193,49 +194,52 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 12px; }
 """
 
 
-def _html(result: DemoResult, checks: Sequence[CoordCheck], images: dict[str, str]) -> str:
-    from mutransfer.transfer import Transfer
-
-    sz, prov, summary = result.settings["sizes"], result.provenance, result.summary()
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], key: str = "") -> str:
+    """An HTML table, named (``data-table``) so tests can read it back."""
     e = html.escape
+    cells = "".join(f"<th>{e(h)}</th>" for h in head)
+    body = "".join(
+        f'<tr data-row="{i}">' + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
+        for i, row in enumerate(rows)
+    )
+    return f'<table data-table="{key}"><tr>{cells}</tr>{body}</table>'
+
+
+def _leaderboard(result: DemoResult, parametrization: str) -> str:
+    """A sweep's five best trials."""
+    sweep = result.sweep[parametrization]
+    done = sorted((t for t in sweep["trials"] if t["value"] is not None), key=lambda t: t["value"])
+    keys = sweep["searched"]
+    rows = [
+        [
+            f"#{t['number']}",
+            f"{t['value']:.4f}",
+            *(f"{t['params'][k]:.4g}" for k in keys),
+            f"{t['seconds']:.1f}",
+        ]
+        for t in done[:5]
+    ]
+    return _table(["trial", "validation loss", *keys, "seconds"], rows, f"leaderboard-{parametrization}")
+
+
+def _scan_table(result: DemoResult) -> str:
+    """Every scan's loss: one row per LR, one column per parametrization and width."""
+    sz = result.settings["sizes"]
+    columns = [(p, where) for p in ("mup", "sp") for where in ("proxy", "target")]
+    scans = {p: result.scan_grid(p) for p in ("mup", "sp")}
+    lrs = sorted({lr for scan in scans.values() for lr in scan.lrs})
+    rows = [[f"2^{math.log2(lr):g}", *(_cell(scans[p].loss(p, sz[w], lr)) for p, w in columns)] for lr in lrs]
+    return _table(["lr", *(f"{parametrization_label(p)}, width {sz[w]}" for p, w in columns)], rows, "scan")
+
+
+def _html(result: DemoResult, checks: Sequence[CoordCheck], images: dict[str, str]) -> str:
+    sz, prov, summary = result.settings["sizes"], result.provenance, result.summary()
+    e, table = html.escape, _table
 
     def figure(name: str, alt: str) -> str:
         return f'<img src="data:image/png;base64,{images[name]}" alt="{e(alt)}">'
 
-    def table(head: Sequence[str], rows: Sequence[Sequence[str]], key: str = "") -> str:
-        cells = "".join(f"<th>{e(h)}</th>" for h in head)
-        body = "".join(
-            f'<tr data-row="{i}">' + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>"
-            for i, row in enumerate(rows)
-        )
-        return f'<table data-table="{key}"><tr>{cells}</tr>{body}</table>'
-
-    leaders = {}
-    for p in ("mup", "sp"):
-        done = sorted(
-            (t for t in result.sweep[p]["trials"] if t["value"] is not None), key=lambda t: t["value"]
-        )
-        keys = result.sweep[p]["searched"]
-        leaders[p] = table(
-            ["trial", "validation loss", *keys, "seconds"],
-            [
-                [
-                    f"#{t['number']}",
-                    f"{t['value']:.4f}",
-                    *(f"{t['params'][k]:.4g}" for k in keys),
-                    f"{t['seconds']:.1f}",
-                ]
-                for t in done[:5]
-            ],
-            f"leaderboard-{p}",
-        )
-    columns = [(p, where) for p in ("mup", "sp") for where in ("proxy", "target")]
-    scans = {p: result.scan_grid(p) for p in ("mup", "sp")}
-    lrs = sorted({lr for scan in scans.values() for lr in scan.lrs})
-    scan_rows = [
-        [f"2^{math.log2(lr):g}", *(_cell(scans[p].loss(p, sz[w], lr)) for p, w in columns)] for lr in lrs
-    ]
-    scan_head = ["lr", *(f"{parametrization_label(p)}, width {sz[w]}" for p, w in columns)]
+    leaders = {p: _leaderboard(result, p) for p in ("mup", "sp")}
     transfers = "\n\n".join(Transfer.from_dict(result.transfer[p]).summary() for p in ("mup", "sp"))
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in prov.get("phase_seconds", {}).items())
     ratio = sz["target"] // sz["proxy"]
@@ -299,7 +303,7 @@ width's optimum (parabola through the best three points), and the target trains 
 optimum (as <code>mutransfer grid</code> does); the drift is how far the target's moved from the
 proxy's, and the gap what training at the sweep's best (ring) lost against the target's own best.</p>
 {figure("scan", "LR scans at the proxy and the target, muP and standard")}
-{table(scan_head, scan_rows, "scan")}
+{_scan_table(result)}
 
 <h2>Files and next steps</h2>
 <p>Every number above is in <code>demo.json</code> beside this page; the sweep's trials are in
