@@ -35,7 +35,8 @@ from mutransfer.axis import width_plan
 from mutransfer.fit import fit_power_law
 from mutransfer.models import GPT
 from mutransfer.plot import plot_grid
-from mutransfer.train import build, train
+from mutransfer.setup import ModelSetup, TrainSetup
+from mutransfer.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from transfer import RESULTS, first_available, progress, provenance
@@ -72,7 +73,8 @@ def held_out_run(p: dict, axis: str, size: int, lr: float, device: str) -> float
     largest = size if axis == "batch_size" else None  # the batch grid's evaluation batches
     losses = []
     for seed in range(p["seeds"]):
-        model, opt = build(GPT, p["shape"], plan=plan, lr=lr, seed=seed, device=device)
+        setup, training = ModelSetup(factory=GPT), TrainSetup(data=None, device=device)
+        model, opt = setup.build(p["shape"], tuned=True, plan=plan, lr=lr, training=training, seed=seed)
         run = train(
             model,
             opt,

@@ -32,8 +32,9 @@ import torch
 from transfer import first_available, provenance  # benchmarks/transfer.py, beside this script
 
 import mutransfer
+from mutransfer.setup import ModelSetup, TrainSetup
 from mutransfer.sweep import Range, SweepConfig, sweep
-from mutransfer.train import build, train
+from mutransfer.train import train
 
 RESULTS = Path(__file__).parent / "results"
 END = "\r" if sys.stderr.isatty() else "\n"  # progress lines: rewritten in place on a terminal
@@ -124,7 +125,9 @@ def main() -> None:
     shape = {"width": p["target"], "in_features": data.in_features, "out_features": data.num_classes}
     grid = {}
     for k in range(p["log2_lrs"][0] + 1, p["log2_lrs"][1]):
-        make = lambda seed, k=k: build(mutransfer.models.MLP, shape, plan=None, lr=2.0**k, seed=seed)  # noqa: E731
+        make = lambda seed, k=k: ModelSetup(factory=mutransfer.models.MLP).build(  # noqa: E731
+            shape, tuned=False, plan=None, lr=2.0**k, training=TrainSetup(data=None), seed=seed
+        )
         grid[k] = target_loss(make, p, data, args.seeds)
         print(f"  standard at the target, lr 2^{k}: {grid[k]:.4f}", file=sys.stderr)
     best = min(grid, key=grid.get)

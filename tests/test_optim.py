@@ -12,6 +12,7 @@ import mutransfer
 from mutransfer import MutransferError
 from mutransfer.models import GPT, MLP
 from mutransfer.optim import MuonWithAdam
+from mutransfer.setup import ModelSetup, TrainSetup
 from training import classification_batch, cross_entropy, train
 
 MLP_KW = {"depth": 3, "in_features": 8, "out_features": 4}
@@ -177,7 +178,8 @@ def test_muon_state_dict_resumes_exactly(plan):
 
 def test_standard_parametrization_with_muon_needs_a_plan():
     with pytest.raises(MutransferError, match="Muon takes the hidden matrices"):
-        mutransfer.train.build(MLP, {"width": 32, **MLP_KW}, plan=None, lr=0.02, optimizer="muon")
+        ModelSetup(factory=MLP).build({"width": 32, **MLP_KW}, tuned=False, plan=None, lr=0.02,
+                                      training=TrainSetup(data=None, optimizer="muon"), seed=0)  # fmt: skip
 
 
 def test_gpt_with_muon_depth_plan_trains():

@@ -479,7 +479,7 @@ def test_an_absorbed_output_multiplier_trains_like_a_forward_one():
     """Under Adam, logits = a * W x trains the same as W' = a * W with LR a * lr: the sweep's
     output_mult changes nothing in the forward pass and still means what it says."""
     from mutransfer.axis import width_plan
-    from mutransfer.train import build
+    from mutransfer.setup import ModelSetup, TrainSetup
     from sweep_helpers import mlp_without_readout_bias as MLP
 
     a, lr, shape = 4.0, 1e-2, {"width": 32, "in_features": 8, "out_features": 3}
@@ -500,7 +500,9 @@ def test_an_absorbed_output_multiplier_trains_like_a_forward_one():
     forward = MLP(**shape)
     groups = plan.param_groups(forward, lr=lr, eps=1e-12)
     reference = losses(forward, torch.optim.Adam(groups), a)
-    absorbed, opt = build(MLP, shape, plan=plan, lr=lr, multipliers={"output_mult": a}, seed=0)
+    absorbed, opt = ModelSetup(factory=MLP, multipliers={"output_mult": a}).build(
+        shape, tuned=True, plan=plan, lr=lr, training=TrainSetup(data=None), seed=0
+    )
     for g in opt.param_groups:
         g["eps"] = 1e-12  # eps is the one place the two forms differ
     assert losses(absorbed, opt, 1.0) == pytest.approx(reference, rel=1e-4)

@@ -12,9 +12,18 @@ import mutransfer
 from mutransfer.axis import width_plan
 from mutransfer.data import digits
 from mutransfer.models import MLP
-from mutransfer.train import build, lr_factor, train
+from mutransfer.setup import ModelSetup, TrainSetup
+from mutransfer.train import lr_factor, train
 
 SHAPE = {"in_features": 64}
+
+
+def build(make_model, shape, *, plan, lr, seed=0, optimizer="adam"):
+    """The model and optimizer a grid cell trains: muP under ``plan``, else as built."""
+    training = TrainSetup(data=None, optimizer=optimizer)
+    return ModelSetup(factory=make_model).build(
+        shape, tuned=True, plan=plan, lr=lr, training=training, seed=seed
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +88,9 @@ def test_bad_settings_are_named(data, bad, match):
         train(model, opt, data, **settings)
 
 
-def test_unknown_optimizer_lists_the_choices():
+def test_optimizers_by_name_are_torch_s_own_and_an_unknown_name_lists_the_choices():
+    for name, cls in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)):
+        _, opt = build(MLP, {**SHAPE, "width": 16}, plan=None, lr=1e-3, optimizer=name)
+        assert type(opt) is cls, name  # the registry holds torch's classes, not copies
     with pytest.raises(mutransfer.MutransferError, match="adamw"):
         build(MLP, {**SHAPE, "width": 16}, plan=None, lr=1e-3, optimizer="adagrad")
-    assert torch.optim.Adam  # the registry holds torch classes, not copies

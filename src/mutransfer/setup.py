@@ -26,21 +26,13 @@ from torch import nn
 from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
-from mutransfer.factory import name_of
+from mutransfer.factory import construct, name_of
+from mutransfer.optim import lookup
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import BIASES, init_law_of
-from mutransfer.train import (
-    LossFn,
-    OptimizerSpec,
-    Run,
-    build,
-    check_budget,
-    cross_entropy,
-    optimizer_class,
-    train,
-)
+from mutransfer.train import LossFn, OptimizerSpec, Run, check_budget, cross_entropy, train
 
-__all__ = ["MULTIPLIERS", "ModelSetup", "TrainSetup"]
+__all__ = ["MULTIPLIERS", "ModelSetup", "TrainSetup", "check_device", "optimizer_class", "role_multipliers"]
 
 MULTIPLIERS = ("init_scale", "input_mult", "output_mult")  # tuned on the proxy, carried by muP
 
@@ -94,18 +86,35 @@ class ModelSetup:
         training: TrainSetup,
         seed: int,
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """``factory(**shape)`` from ``seed`` with its optimizer, under ``plan`` if given (else as
-        the code builds it); ``tuned``: with the init options and the tuned multipliers (muP's
-        runs; standard parametrization's take none, only the identity plan Muon needs)."""
-        settings = dict(
-            optimizer=training.optimizer,
-            optimizer_family=training.optimizer_family,
-            weight_decay=training.weight_decay,
-            device=training.device,
-        )
-        if tuned:
-            settings |= dict(init_law=self.init_law, zero=self.zero, multipliers=self.multipliers)
-        return build(self.factory, shape, plan=plan, lr=lr, seed=seed, **settings)
+        """``factory(**shape)`` from ``seed`` with its optimizer, under ``plan`` if given (else
+        standard parametrization: the model as built, one learning rate and weight decay for
+        every tensor); ``tuned``: with the init options and the tuned multipliers (muP's runs;
+        standard parametrization's take none, only the identity plan Muon needs)."""
+        builder, family = optimizer_class(training.optimizer, training.optimizer_family)
+        check_device(training.device)
+        torch.manual_seed(seed)
+        model = construct(self.factory, shape, "cpu").to(training.device)
+        init, lr_scale = role_multipliers(**(self.multipliers if tuned else {}), family=family)
+        if plan is not None:
+            options = dict(init_law=self.init_law, zero=self.zero) if tuned else {}
+            plan.init_(model, scale=init, **options)
+            groups = plan.param_groups(
+                model, lr=lr, weight_decay=training.weight_decay, optimizer_family=family, lr_scale=lr_scale
+            )
+        elif family == "muon":
+            raise MutransferError(
+                "Muon takes the hidden matrices and Adam the rest, so it needs the parameters' roles: pass "
+                "a plan (for standard parametrization, a plan at the model's own shape)."
+            )
+        elif init or lr_scale:
+            raise MutransferError(
+                "init_scale, input_mult and output_mult need the parameters' roles: pass a plan "
+                "(for standard parametrization, a plan at the model's own shape)."
+            )
+        else:
+            params = [p for p in model.parameters() if p.requires_grad]
+            groups = [{"params": params, "lr": lr, "weight_decay": training.weight_decay}]
+        return model, builder(groups)
 
     def protocol(self) -> dict[str, Any]:
         """What a saved grid records of the model (multipliers only when there are some, so
@@ -208,3 +217,40 @@ class TrainSetup:
 def one(value: Any) -> Any:
     """A setting given as a one-element list is that element."""
     return value[0] if isinstance(value, Sequence) and not isinstance(value, str) and value else value
+
+
+def optimizer_class(
+    optimizer: OptimizerSpec, family: str | None = None
+) -> tuple[Callable[[list[dict[str, Any]]], torch.optim.Optimizer], str]:
+    """A name from ``OPTIMIZERS`` or a callable taking param groups -> (builder, plan family)."""
+    if callable(optimizer) and not isinstance(optimizer, str):
+        return optimizer, family or "adam"
+    cls, default_family = lookup(optimizer)
+    return cls, family or default_family
+
+
+def role_multipliers(
+    init_scale: float = 1.0, input_mult: float = 1.0, output_mult: float = 1.0, family: str = "adam"
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The tuned multipliers as (init factor, LR factor) per role, for ``Plan.init_`` and
+    ``Plan.param_groups``.
+
+    ``init_scale`` multiplies the init of every matrix (input, hidden, output). A forward
+    multiplier ``a`` on the readout (logits = a * W x) is absorbed into ``W``: init times ``a``
+    and LR times ``a`` for Adam-like optimizers (their step size ignores the gradient's scale)
+    or ``a**2`` for SGD; ``input_mult`` does the same for input tensors (embeddings). The
+    forward pass stays untouched, so checkpoints and compiled graphs need nothing extra.
+    """
+    power = 2 if family == "sgd" else 1
+    init = {"input": init_scale * input_mult, "hidden": init_scale, "output": init_scale * output_mult}
+    lr = {"input": input_mult**power, "output": output_mult**power}
+    return {k: v for k, v in init.items() if v != 1.0}, {k: v for k, v in lr.items() if v != 1.0}
+
+
+def check_device(device: str | torch.device) -> None:
+    """Refuse a CUDA device that this torch cannot reach, before any work is done."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MutransferError(
+            f"device {str(device)!r}: torch {torch.__version__} sees no CUDA GPU here. Fix: --device cpu, "
+            "or install a CUDA build of torch on a machine with a GPU."
+        )

@@ -1,12 +1,13 @@
 """One training run with a fixed budget: what every grid cell (and every sweep trial) is made of.
 
-    >>> import mutransfer
+    >>> import torch, mutransfer
     >>> from mutransfer.models import MLP
-    >>> from mutransfer.axis import width_plan
-    >>> from mutransfer.train import build, train
+    >>> from mutransfer.train import train
     >>> data = mutransfer.data.digits()
-    >>> plan = width_plan(MLP, {"in_features": 64}, "width", 64, 256)  # muP from width 64 to 256
-    >>> model, optimizer = build(MLP, {"width": 256, "in_features": 64}, plan=plan, lr=2**-7)
+    >>> shape = {"in_features": 64}
+    >>> plan = mutransfer.plan(MLP, base={"width": 64, **shape}, target={"width": 256, **shape})
+    >>> model = plan.init_(MLP(width=256, in_features=64))
+    >>> optimizer = torch.optim.Adam(plan.param_groups(model, lr=2**-7))
     >>> run = train(model, optimizer, data, steps=100, batch_size=64)
     >>> run.diverged, round(run.val_loss, 1) < 2.3
     ('', True)
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,22 +31,16 @@ from torch.nn import functional as F
 
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
-from mutransfer.factory import construct
-from mutransfer.optim import OPTIMIZERS, lookup
-from mutransfer.scaling.plan import Plan
+from mutransfer.optim import OPTIMIZERS
 
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "Run",
-    "build",
     "check_budget",
-    "check_device",
     "cross_entropy",
     "evaluate",
     "lr_factor",
-    "optimizer_class",
-    "role_multipliers",
     "train",
 ]
 
@@ -60,89 +55,6 @@ def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     output (a ``ModelOutput``) is scored by its ``logits``."""
     output = getattr(output, "logits", output)
     return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
-
-
-def optimizer_class(
-    optimizer: OptimizerSpec, family: str | None = None
-) -> tuple[Callable[[list[dict[str, Any]]], torch.optim.Optimizer], str]:
-    """A name from ``OPTIMIZERS`` or a callable taking param groups -> (builder, plan family)."""
-    if callable(optimizer) and not isinstance(optimizer, str):
-        return optimizer, family or "adam"
-    cls, default_family = lookup(optimizer)
-    return cls, family or default_family
-
-
-def role_multipliers(
-    init_scale: float = 1.0, input_mult: float = 1.0, output_mult: float = 1.0, family: str = "adam"
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The tuned multipliers as (init factor, LR factor) per role, for ``Plan.init_`` and
-    ``Plan.param_groups``.
-
-    ``init_scale`` multiplies the init of every matrix (input, hidden, output). A forward
-    multiplier ``a`` on the readout (logits = a * W x) is absorbed into ``W``: init times ``a``
-    and LR times ``a`` for Adam-like optimizers (their step size ignores the gradient's scale)
-    or ``a**2`` for SGD; ``input_mult`` does the same for input tensors (embeddings). The
-    forward pass stays untouched, so checkpoints and compiled graphs need nothing extra.
-    """
-    power = 2 if family == "sgd" else 1
-    init = {"input": init_scale * input_mult, "hidden": init_scale, "output": init_scale * output_mult}
-    lr = {"input": input_mult**power, "output": output_mult**power}
-    return {k: v for k, v in init.items() if v != 1.0}, {k: v for k, v in lr.items() if v != 1.0}
-
-
-def check_device(device: str | torch.device) -> None:
-    """Refuse a CUDA device that this torch cannot reach, before any work is done."""
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise MutransferError(
-            f"device {str(device)!r}: torch {torch.__version__} sees no CUDA GPU here. Fix: --device cpu, "
-            "or install a CUDA build of torch on a machine with a GPU."
-        )
-
-
-def build(
-    make_model: Callable[..., nn.Module],
-    shape: Mapping[str, Any],
-    *,
-    plan: Plan | None,
-    lr: float,
-    optimizer: OptimizerSpec = "adam",
-    optimizer_family: str | None = None,
-    weight_decay: float = 0.0,
-    init_law: str | None = None,
-    zero: Sequence[str] = (),
-    multipliers: Mapping[str, float] | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """``make_model(**shape)`` from ``seed`` and its optimizer: muP under ``plan``, else standard
-    parametrization (the model as built, one learning rate and weight decay for every tensor).
-    The tuned ``multipliers`` (``init_scale``, ``input_mult``, ``output_mult``; see
-    ``role_multipliers``) need a plan to know the roles; a plan at the model's own shape
-    (``width_plan`` with ``base == width``) is standard parametrization."""
-    builder, family = optimizer_class(optimizer, optimizer_family)
-    check_device(device)
-    torch.manual_seed(seed)
-    model = construct(make_model, shape, "cpu").to(device)
-    init, lr_scale = role_multipliers(**(multipliers or {}), family=family)
-    if plan is not None:
-        plan.init_(model, init_law=init_law, zero=zero, scale=init)
-        groups = plan.param_groups(
-            model, lr=lr, weight_decay=weight_decay, optimizer_family=family, lr_scale=lr_scale
-        )
-    elif family == "muon":
-        raise MutransferError(
-            "Muon takes the hidden matrices and Adam the rest, so it needs the parameters' roles: pass "
-            "a plan (for standard parametrization, a plan at the model's own shape)."
-        )
-    elif init or lr_scale:
-        raise MutransferError(
-            "init_scale, input_mult and output_mult need the parameters' roles: pass a plan "
-            "(for standard parametrization, a plan at the model's own shape)."
-        )
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-        groups = [{"params": params, "lr": lr, "weight_decay": weight_decay}]
-    return model, builder(groups)
 
 
 def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:

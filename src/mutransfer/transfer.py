@@ -27,12 +27,11 @@ from mutransfer.factory import load, name_of
 from mutransfer.files import check_format, jsonable, load_json, number, save_json
 from mutransfer.fit import EXTRAPOLATION_WARNING
 from mutransfer.scaling.plan import Plan
-from mutransfer.setup import MULTIPLIERS
+from mutransfer.setup import MULTIPLIERS, ModelSetup, TrainSetup, optimizer_class, role_multipliers
 from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig
 from mutransfer.sweep.space import Range
 from mutransfer.sweep.storage import redact
 from mutransfer.text import short
-from mutransfer.train import build, optimizer_class, role_multipliers
 
 __all__ = ["Adjustment", "Cost", "Transfer", "load_transfer", "transfer"]
 
@@ -181,18 +180,12 @@ class Transfer:
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """The target model (from the recorded factory) and its optimizer, ready to train."""
         h = self.hparams
-        return build(
-            load(self.factory),
-            self.shape,
-            plan=self.plan,
-            lr=float(h["lr"]),
-            weight_decay=float(h.get("weight_decay", 0.0)),
-            optimizer=self.optimizer,
-            init_law=self.init_law,
-            zero=self.zero,
-            seed=seed,
-            device=device,
-            multipliers={k: float(h[k]) for k in MULTIPLIERS if k in h},
+        model = ModelSetup(factory=load(self.factory), init_law=self.init_law, zero=self.zero,
+                           multipliers={k: float(h[k]) for k in MULTIPLIERS if k in h})  # fmt: skip
+        decay = float(h.get("weight_decay", 0.0))
+        training = TrainSetup(data=None, optimizer=self.optimizer, weight_decay=decay, device=device)
+        return model.build(
+            self.shape, tuned=True, plan=self.plan, lr=float(h["lr"]), training=training, seed=seed
         )
 
     def summary(self) -> str:

@@ -29,10 +29,9 @@ from mutransfer.grid.cells import run as train_grid
 from mutransfer.models import GPT
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.parametrizations import label
-from mutransfer.setup import MULTIPLIERS, ModelSetup, TrainSetup
+from mutransfer.setup import MULTIPLIERS, ModelSetup, TrainSetup, check_device
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep
 from mutransfer.sweep.experiment import Experiment
-from mutransfer.train import check_device
 from mutransfer.transfer import Transfer, transfer
 
 __all__ = ["Progress", "run"]
