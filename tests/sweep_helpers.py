@@ -29,6 +29,24 @@ def mlp_without_readout_bias(**shape) -> nn.Module:
     return model
 
 
+class _ReadsAValue(nn.Module):
+    """A model whose forward reads a number out of a tensor, as models that branch on data do:
+    the meta device has no values, so its FLOPs cannot be counted there."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, x):
+        if x.abs().sum().item() < 0:  # never true: it only reads a value
+            x = -x
+        return self.mlp(x)
+
+
+def mlp_reading_a_value(width: int, in_features: int = 784, out_features: int = 10) -> nn.Module:
+    return _ReadsAValue(MLP(width=width, in_features=in_features, out_features=out_features))
+
+
 def breaks_when_told(run) -> float:
     """``quadratic``, or a crash while MUTRANSFER_TEST_BREAK is set: a bug, then its fix."""
     if os.environ.get("MUTRANSFER_TEST_BREAK"):

@@ -7,12 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import mutransfer
 from mutransfer.cli import main
+from mutransfer.data import digits
 from mutransfer.errors import MutransferError
 from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig, open_study, status
+from mutransfer.sweep.experiment import Experiment
+from mutransfer.train import cross_entropy
 from quick_benchmarks import run_quick
 from sweep_helpers import gpt_config, mlp_config
 
@@ -56,10 +60,30 @@ def test_cost_is_the_proxy_compute_over_one_target_run(swept):
     trials = open_study(swept).get_trials()
     assert t.cost.proxy_flops == pytest.approx(sum(x.user_attrs["flops"] for x in trials))
     assert t.cost.target_steps == 1000
-    # an MLP step costs about 6 x params x batch FLOPs (forward + backward)
+    # counted op by op: exactly what the flop counter reads for one step of the target, which for
+    # an MLP is about 6 x params x batch (forward + backward)
+    assert t.cost.flops_counted_by == "flop counter" and "estimated" not in t.cost.line()
+    x, y = digits().batch(0, 32, seed=0)
+    with FlopCounterMode(display=False) as counter:
+        cross_entropy(MLP(**t.shape)(x), y).backward()
+    assert t.cost.target_flops == 1000 * counter.get_total_flops()
     params = sum(p.numel() for p in MLP(**t.shape).parameters())
     assert t.cost.target_flops == pytest.approx(1000 * 6 * params * 32, rel=0.1)
     assert 0 < t.cost.fraction == pytest.approx(t.cost.proxy_flops / t.cost.target_flops)
+
+
+def test_flops_a_model_keeps_from_the_counter_are_estimated_and_said_so(tmp_path):
+    config = mlp_config(tmp_path, factory="sweep_helpers:mlp_reading_a_value", trials=1, steps=5)
+    experiment = Experiment(config)
+    how = experiment.flops_counted_by(experiment.target)
+    assert how.startswith("estimated as 6 x parameters x examples: the meta device could not run")
+    assert "item" in how  # the reason is the model's, not a shape the test got wrong
+    params = sum(p.numel() for p in MLP(**experiment.target).parameters())
+    assert experiment.flops_per_step(experiment.target) == 6 * params * config.batch_size
+    mutransfer.sweep(config)
+    t = mutransfer.transfer(config)
+    assert t.cost.flops_counted_by == how and "FLOPs estimated as 6 x parameters" in t.cost.line()
+    assert mutransfer.Transfer.from_dict(t.to_dict()).cost == t.cost
 
 
 def test_the_file_round_trips_and_builds_a_trainable_target(swept, tmp_path):

@@ -29,7 +29,10 @@ from mutransfer.fit import EXTRAPOLATION_WARNING
 from mutransfer.scaling.plan import Plan
 from mutransfer.setup import MULTIPLIERS, ModelSetup, TrainSetup, optimizer_class, role_multipliers
 from mutransfer.sweep.config import HPARAMS, LR_AXES, SweepConfig
+from mutransfer.sweep.experiment import FLOP_COUNTER, Experiment
+from mutransfer.sweep.runner import budget, open_study
 from mutransfer.sweep.space import Range
+from mutransfer.sweep.status import status
 from mutransfer.sweep.storage import redact
 from mutransfer.text import short
 
@@ -50,6 +53,7 @@ class Cost:
     target_flops: float
     target_steps: int
     target_seconds_estimate: float
+    flops_counted_by: str = "flop counter"  # or why the FLOPs are an estimate (see Experiment)
 
     @property
     def fraction(self) -> float:
@@ -62,11 +66,12 @@ class Cost:
                 f"tuning cost: {self.trials} proxy trials in {self.proxy_seconds:.0f} s; FLOPs not counted "
                 "(no data source to count a step on: your own training function)"
             )
+        estimated = "" if self.flops_counted_by == FLOP_COUNTER else f"; FLOPs {self.flops_counted_by}"
         return (
             f"tuning cost: {self.trials} proxy trials, {self.proxy_flops:.3g} FLOPs in "
             f"{self.proxy_seconds:.0f} s of proxy trials = {self.fraction:.1%} of one target run "
             f"({self.target_flops:.3g} FLOPs over {self.target_steps} steps, "
-            f"~{self.target_seconds_estimate:.0f} s at the proxy's FLOP rate)"
+            f"~{self.target_seconds_estimate:.0f} s at the proxy's FLOP rate{estimated})"
         )
 
 
@@ -236,7 +241,9 @@ class Transfer:
             zero=tuple(data.get("zero", ())),
             source=data.get("source", {}),
             lr_adjustments=tuple(Adjustment(**a) for a in data.get("lr_adjustments", ())),
-            cost=Cost(**{k: number(v, math.nan) for k, v in data["cost"].items()})
+            cost=Cost(
+                **{k: v if isinstance(v, str) else number(v, math.nan) for k, v in data["cost"].items()}
+            )
             if data.get("cost")
             else None,
         )
@@ -258,10 +265,6 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
     """The target's settings from the best finished proxy trial of ``config``'s study, and the
     tuning cost. ``parametrization="sp"`` copies the values without muP scaling (the baseline
     that shows what muP buys)."""
-    from mutransfer.sweep.experiment import Experiment
-    from mutransfer.sweep.runner import budget, open_study
-    from mutransfer.sweep.status import status
-
     if "://" not in config.storage_url and not Path(config.storage_url).exists():
         raise MutransferError(  # before open_study, which would create an empty journal
             f"no sweep results at {config.storage_url!r}. Fix: run mutransfer sweep CONFIG first."
@@ -295,7 +298,8 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
             if a.extrapolates:
                 warnings.warn(a.line(), stacklevel=2)
     target_steps = config.target_steps or config.steps
-    per_step = experiment.flops_per_step(experiment.target, config.target_batch_size or config.batch_size)
+    target_batch = config.target_batch_size or config.batch_size
+    per_step = experiment.flops_per_step(experiment.target, target_batch)
     target_flops = target_steps * per_step
     rate = s.seconds / s.flops if s.flops else math.nan
     cost = Cost(
@@ -305,6 +309,7 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
         target_flops=target_flops,
         target_steps=target_steps,
         target_seconds_estimate=target_flops * rate,
+        flops_counted_by=experiment.flops_counted_by(experiment.target, target_batch),
     )
     return Transfer(
         factory=name_of(config.factory),

@@ -28,7 +28,7 @@ from mutransfer.sweep.config import HPARAMS, SweepConfig
 from mutransfer.sweep.space import Value
 from mutransfer.train import Run, cross_entropy
 
-__all__ = ["Experiment", "Outcome", "ProxyRun"]
+__all__ = ["FLOP_COUNTER", "Experiment", "Outcome", "ProxyRun"]
 
 
 @dataclass
@@ -95,7 +95,7 @@ class Experiment:
             )
         self.shape_keys = sorted(k for k in config.space if k not in HPARAMS and _accepts(self.make_model, k))
         self._plans: dict[str, Plan] = {}
-        self._flops: dict[str, float] = {}
+        self._flops: dict[str, tuple[float, str]] = {}
 
     # ---- shapes and plans ------------------------------------------------------------------
     def shape_of(self, params: Mapping[str, Value]) -> dict[str, Any]:
@@ -116,6 +116,13 @@ class Experiment:
 
     def flops_per_step(self, shape: Mapping[str, Any], batch_size: int | None = None) -> float:
         """Forward plus backward FLOPs of one training step, counted on the meta device."""
+        return self._counted(shape, batch_size)[0]
+
+    def flops_counted_by(self, shape: Mapping[str, Any], batch_size: int | None = None) -> str:
+        """How ``flops_per_step`` got its number: ``"flop counter"``, or why it is an estimate."""
+        return self._counted(shape, batch_size)[1]
+
+    def _counted(self, shape: Mapping[str, Any], batch_size: int | None) -> tuple[float, str]:
         batch_size = batch_size or self.config.batch_size
         key = json.dumps([shape, batch_size], sort_keys=True, default=str)
         if key not in self._flops:
@@ -192,19 +199,26 @@ class Experiment:
 
 def _count_flops(
     make_model: Callable[..., nn.Module], shape: Mapping[str, Any], data, batch_size: int
-) -> float:
-    """FLOPs of one forward and backward pass on one batch; nothing is allocated (meta device)."""
+) -> tuple[float, str]:
+    """FLOPs of one forward and backward pass on one batch (nothing is allocated: the meta
+    device), and how they were found: counted, or estimated where the meta device cannot run
+    the model (then said, not hidden: the tuning cost quotes it)."""
     if data is None:
-        return math.nan
+        return math.nan, "no data source to count a step on"
     model = construct(make_model, shape)
     x, y = fetch(data, 0, batch_size, seed=0, device="meta")
     try:
         with FlopCounterMode(display=False) as counter:
             cross_entropy(model(x), y).backward()
-    except Exception:  # a model the meta device cannot run: fall back to 6 * params * examples
+    except Exception as exc:  # e.g. .item() in forward: estimate 6 x parameters x examples
         tokens = x.numel() if isinstance(data, TokenData) else x.shape[0]
-        return 6.0 * sum(p.numel() for p in model.parameters()) * tokens
-    return float(counter.get_total_flops())
+        why = f"estimated as 6 x parameters x {'tokens' if isinstance(data, TokenData) else 'examples'}"
+        reason = f"{why}: the meta device could not run the model ({type(exc).__name__}: {exc})"
+        return 6.0 * sum(p.numel() for p in model.parameters()) * tokens, reason[:300]
+    return float(counter.get_total_flops()), FLOP_COUNTER
+
+
+FLOP_COUNTER = "flop counter"  # counted by torch.utils.flop_counter, op by op
 
 
 def _accepts(make_model: Callable[..., Any], key: str) -> bool:
