@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-__all__ = ["Interrupted", "ctrl_c_raises_interrupted"]
+__all__ = ["ctrl_c_raises_interrupted"]
 
 
 class Interrupted(KeyboardInterrupt):

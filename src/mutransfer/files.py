@@ -1,4 +1,5 @@
-"""The files this library saves (plans, transfers, grids, coordinate checks, demo results):
+"""The files this library saves (plans, transfers, grids, coordinate checks, demo results) and
+the installed data packages it reads:
 JSON written atomically, read back with errors that name the file and the fix; numbers that
 are not finite (a diverged run's loss, an unknown error) written as null, which strict JSON
 readers accept, and read back as what they stood for.
@@ -9,6 +10,7 @@ damaged file never changes it: nothing a user saved is lost to a failing run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -18,7 +20,16 @@ from typing import Any
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["changes", "check_format", "check_protocol", "jsonable", "load_json", "number", "save_json"]
+__all__ = [
+    "changes",
+    "check_format",
+    "check_protocol",
+    "jsonable",
+    "load_json",
+    "number",
+    "package_dir",
+    "save_json",
+]
 
 
 def save_json(path: str | os.PathLike, data: Mapping[str, Any], *, strict: bool = False) -> None:
@@ -91,3 +102,11 @@ def check_protocol(saved: Mapping[str, Any], current: Mapping[str, Any], what: s
         raise MutransferError(
             f"{what} under another protocol ({'; '.join(found)}), so its results cannot be reused. Fix: {fix}"
         )
+
+
+def package_dir(package: str, install: str) -> Path:
+    """Where an installed package lives, found without importing it (importing can be slow or fail)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MutransferError(f"the package {package!r} is not installed; install it with: {install}")
+    return Path(next(iter(spec.submodule_search_locations)))

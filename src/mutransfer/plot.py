@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from mutransfer.coord import CoordCheck
     from mutransfer.grid import Grid
 
-__all__ = ["KIND_COLOURS", "plot_coord_check", "plot_grid", "pyplot"]
+__all__ = ["plot_coord_check", "plot_grid", "pyplot"]
 
 # One colour per module kind, so a reader sees at a glance which part of the model moves.
 KIND_COLOURS = {

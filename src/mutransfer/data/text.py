@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 import sysconfig
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from mutransfer.data.batches import TokenData, digest
 from mutransfer.errors import MutransferError
+from mutransfer.files import package_dir
 
 __all__ = ["is_val_file", "shakespeare", "stdlib"]
 
@@ -79,20 +79,12 @@ def stdlib(block_size: int = 128) -> TokenData:
     return TokenData("stdlib", train, val, fingerprint, block_size=block_size)
 
 
-def _package_dir(package: str, install: str) -> Path:
-    """Where an installed package lives, found without importing it (importing can be slow or fail)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MutransferError(f"the package {package!r} is not installed; install it with: {install}")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def shakespeare(block_size: int = 128) -> TokenData:
     """The 42 Gutenberg texts of Shakespeare's works (``*_gut.txt``, ~5 MB) from package ``shksprdata``.
 
     The ``*_gut_f.txt`` First Folio spellings are left out: they duplicate the same plays.
     """
-    texts = _package_dir("shksprdata", _SHAKESPEARE_INSTALL) / "texts"
+    texts = package_dir("shksprdata", _SHAKESPEARE_INSTALL) / "texts"
     files = tuple(sorted(p.name for p in texts.glob("*_gut.txt")))
     if not files:
         raise MutransferError(

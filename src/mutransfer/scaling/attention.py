@@ -37,7 +37,15 @@ from torch import nn
 
 from mutransfer.scaling.roles import canonical_name
 
-__all__ = ["AttentionCall", "AttentionLogits", "AttentionSite", "attention_scale", "fix_", "fixed_modules"]
+__all__ = [
+    "AttentionCall",
+    "AttentionLogits",
+    "AttentionSite",
+    "attention_scale",
+    "fix_",
+    "fixed_modules",
+    "logits",
+]
 
 _FIXED = "_mutransfer_attention_fixed"  # set on a module by fix_: a second fix would scale twice
 

@@ -25,16 +25,7 @@ from mutransfer.errors import MutransferError
 from mutransfer.factory import construct
 from mutransfer.scaling.roles import ParamRole, Role, canonical_name
 
-__all__ = [
-    "INIT_LAWS",
-    "LAWS",
-    "InitLaw",
-    "Measured",
-    "check_init_law",
-    "check_measured",
-    "measure",
-    "user_growth",
-]
+__all__ = ["INIT_LAWS", "InitLaw", "Measured", "check_init_law", "check_measured", "measure", "user_growth"]
 
 InitLaw = Literal["fan_in", "constant", "measured"]
 INIT_LAWS = ("fan_in", "constant", "measured")  # what a user may declare; "measured": read it

@@ -47,7 +47,15 @@ from dataclasses import dataclass
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.roles import ParamRole, Role
 
-__all__ = ["ALPHA_RANGE", "FAMILIES", "Multipliers", "depth_multipliers", "init_multiplier", "multipliers"]
+__all__ = [
+    "ALPHA_RANGE",
+    "FAMILIES",
+    "Multipliers",
+    "depth_multipliers",
+    "init_multiplier",
+    "multipliers",
+    "muon_takes",
+]
 
 ALPHA_RANGE = (0.5, 1.0)
 

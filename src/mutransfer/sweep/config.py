@@ -41,7 +41,7 @@ from mutransfer.scaling.roles import parameter_layout, width_multiplier
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
-__all__ = ["HPARAMS", "METRICS", "ConfigError", "SweepConfig", "load_config"]
+__all__ = ["HPARAMS", "LR_AXES", "ConfigError", "SweepConfig", "load_config"]
 
 # What the built-in trainer understands in [space]; any factory keyword may be searched too.
 HPARAMS = {

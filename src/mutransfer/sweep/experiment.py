@@ -28,7 +28,7 @@ from mutransfer.sweep.config import HPARAMS, SweepConfig
 from mutransfer.sweep.space import Value
 from mutransfer.train import Run, cross_entropy
 
-__all__ = ["FLOP_COUNTER", "Experiment", "Outcome", "ProxyRun"]
+__all__ = ["FLOP_COUNTER", "Experiment", "ProxyRun"]
 
 
 @dataclass

@@ -37,7 +37,7 @@ from mutransfer.sweep.space import Range, grid_points, suggest
 from mutransfer.sweep.status import Status, retried_numbers, status
 from mutransfer.sweep.storage import open_storage, reap_dead_workers, redact, requeue, worker_identity
 
-__all__ = ["budget", "open_study", "run_worker", "sweep"]
+__all__ = ["SameShapePruner", "budget", "open_study", "run_worker", "sweep"]
 
 Progress = Callable[[Status], None]
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["Range", "Space", "grid_points", "parse_space", "suggest"]
+__all__ = ["Range", "Value", "grid_points", "parse_space", "suggest"]
 
 Value = float | int | str | bool
 

@@ -30,7 +30,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ["JournalLock", "open_storage", "reap_dead_workers", "redact", "requeue", "worker_identity"]
+__all__ = ["open_storage", "reap_dead_workers", "redact", "requeue", "worker_identity"]
 
 
 def open_storage(url: str, heartbeat: int = 10) -> Any:
