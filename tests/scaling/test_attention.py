@@ -189,6 +189,62 @@ def test_a_forward_that_fails_everywhere_leaves_a_note_not_an_error():
     assert "attention not inspected" in plan.summary() and "no forward for you" in plan.summary()
 
 
+class _Softmax(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.qkv, self.d_head = nn.Linear(width, 3 * width), width // 2
+        self.scaling = self.d_head**-0.5
+
+    def forward(self, x):
+        q, k, v = (t.unflatten(-1, (2, self.d_head)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+        return F.scaled_dot_product_attention(q, k, v, scale=self.scaling).transpose(1, 2).flatten(2)
+
+
+class _Recurrent(nn.Module):  # a linear-attention / state-space layer: no softmax attention at all
+    def __init__(self, width):
+        super().__init__()
+        self.mix = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.mix(x).cumsum(1) / x.shape[1]
+
+
+class Hybrid(nn.Module):
+    """Softmax attention and a recurrent layer alternating under one name (``layers.N.mixer``),
+    as hybrid models do; its forward reads a value, so the plan runs it on the CPU."""
+
+    def __init__(self, width, depth=4):
+        super().__init__()
+        self.emb, self.out = nn.Embedding(8, width), nn.Linear(width, 8)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({"mixer": (_Softmax if i % 2 == 0 else _Recurrent)(width)}) for i in range(depth)
+        )
+
+    def forward(self, idx):
+        h = self.emb(idx)
+        if h.abs().sum().item() < 0:
+            h = -h
+        for layer in self.layers:
+            h = h + layer["mixer"](h)
+        return self.out(h)
+
+
+def test_a_hybrid_model_s_attention_sites_are_its_softmax_layers_only():
+    plan = mutransfer.plan(Hybrid, base={"width": 8, "depth": 2}, target={"width": 32, "depth": 4},
+                           depth="depth", residual=["layers.*.mixer"])  # fmt: skip
+    assert sorted(s.name for s in plan.attention) == ["layers.0.mixer.sdpa", "layers.2.mixer.sdpa"]
+    model = plan.init_(Hybrid(32, depth=4))  # attach_ finds the attribute of every site it fixes
+    assert model.layers[2]["mixer"].scaling == pytest.approx(math.sqrt(4) / 16)
+
+
+def test_fixing_an_attribute_the_model_lacks_says_the_plan_is_for_another_model():
+    plan = mutransfer.plan(Hybrid, base={"width": 8, "depth": 2}, target={"width": 32, "depth": 2})
+    other = Hybrid(32, depth=2)
+    del other.layers[0]["mixer"].scaling  # say, a model whose class was edited after planning
+    with pytest.raises(mutransfer.MutransferError, match=r"layers.0.mixer has no attribute 'scaling'"):
+        plan.init_(other)
+
+
 def test_interception_is_gone_after_the_plan_and_sees_nothing_in_training():
     seen = []
     model = ViT(32)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mutransfer.errors import MutransferError
 from mutransfer.scaling.roles import canonical_name
 
 __all__ = [
@@ -175,15 +176,22 @@ def fix_(model: nn.Module, sites: Sequence[AttentionSite]) -> None:
     read from (``*name``: the scale itself, multiplied; ``/name``: a divisor, divided)."""
     modules = {canonical_name(n): m for n, m in model.named_modules()}
     for site in sites:
-        if site.is_mup or not site.fix or site.module not in modules:
+        if site.is_mup or not site.fix:
             continue
-        module = modules[site.module]
-        if site.fix == "query":
+        module = modules.get(site.module)
+        if site.fix == "query" and isinstance(module, nn.MultiheadAttention):
             module.__class__ = _query_scaled(type(module))
             module.mup_query_scale = site.factor
         else:
             how, name = site.fix[0], site.fix[1:]
-            value = getattr(module, name)
+            value = getattr(module, name, None)
+            if not isinstance(value, float):
+                what = "no such module" if module is None else f"{site.module} has no attribute {name!r}"
+                raise MutransferError(
+                    f"the plan fixes the attention {site.name} through its attribute {name!r}, but in this "
+                    f"model {what} ({type(module).__name__} there). Fix: build the model with the plan's "
+                    "factory at its target shape, or make the plan again for this model."
+                )
             setattr(module, name, value * site.factor if how == "*" else value / site.factor)
             module.mup_attention_factor = getattr(module, "mup_attention_factor", 1.0) * site.factor
         setattr(module, _FIXED, True)

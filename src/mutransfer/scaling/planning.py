@@ -332,10 +332,10 @@ def _attention_on_cpu(
             torch.manual_seed(0)
             found.append(calls(construct(make_model, shape, "cpu"), _on(example, "cpu"), linear))
     sites = {s.module: s for s in extrapolate(found[0], found[1], ratio, multiplier)}
-    by_pattern = {_INDEX.sub("#", s.module): s for s in sites.values()}
-    for name, _ in target.named_modules():
-        name = canonical_name(name)
-        twin = by_pattern.get(_INDEX.sub("#", name))
+    modules = {canonical_name(n): m for n, m in target.named_modules()}
+    by_pattern = {(_INDEX.sub("#", s.module), type(modules.get(s.module))): s for s in sites.values()}
+    for name, module in modules.items():  # a hybrid's other layers share the name, not the class
+        twin = by_pattern.get((_INDEX.sub("#", name), type(module)))
         if twin is not None and name not in sites:
             sites[name] = replace(twin, module=name)
     return tuple(sites.values())
