@@ -258,3 +258,29 @@ def test_attention_written_out_is_seen_through_its_softmax(text):
     assert set(found) == {"blocks.0.attn.softmax", "blocks.1.attn.softmax"}, bad.table()
     assert "attention_scale" in found["blocks.0.attn.softmax"]
     assert check(Transformer, text, shape={**shape, "base_d_head": 8}).passed  # scores * muP's scale
+
+
+class _Detour(torch.nn.Module):
+    """An MLP whose forward path depends on the step, like sparse attention that picks its blocks
+    at random, and that calls one module twice: big_bird's crash in benchmarks/zoo.py."""
+
+    def __init__(self, width: int, in_features: int = 64, out_features: int = 10) -> None:
+        super().__init__()
+        self.inp, self.shared = torch.nn.Linear(in_features, width), torch.nn.Linear(width, width)
+        self.rare, self.readout = torch.nn.Linear(width, width), torch.nn.Linear(width, out_features)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.shared(self.shared(torch.relu(self.inp(x.flatten(1)))).relu()).relu()
+        if self.calls % 3 == 0:  # some passes only
+            h = h + self.rare(h).relu()
+        return self.readout(h)
+
+
+def test_points_a_pass_does_not_reach_read_nan_and_the_rest_is_judged():
+    result = check(_Detour, mutransfer.data.digits(), widths=[32, 64, 128, 256], seeds=1, lr=1e-3)
+    curve = result.curves["rms"]["rare"][0]
+    assert len(curve) == result.steps + 1 and any(math.isnan(v) for v in curve)
+    assert all(len(c) == result.steps + 1 for m in result.curves.values() for cs in m.values() for c in cs)
+    assert result.passed, result.table()

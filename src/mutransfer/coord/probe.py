@@ -79,6 +79,7 @@ def run(
         with points.hooks(), torch.no_grad():
             output = _forward(model, probe[0], data)
             loss = _loss(loss_fn, output, probe[1]).item()
+        points.end_pass()
         points.out.losses.append(loss)
         if step == steps:
             break
@@ -105,6 +106,7 @@ class _Points:
         self.out = Run({}, [], [])
         self.first: dict[str, torch.Tensor] = {}
         self.last: list[str] = []  # the points recorded so far in this forward pass, in order
+        self.passes = 0
         for name, module in self.watched.items():
             if isinstance(module, AttentionLogits):
                 self.out.kinds[name], self.out.functions[name] = "attention", "logits"
@@ -116,7 +118,16 @@ class _Points:
                 self.out.previous[name] = before
         self.out.kinds[OUTPUT] = "model"
 
+    def end_pass(self) -> None:
+        """One value per point per pass: a point this pass did not reach (a model whose path
+        depends on its input or its step, as sparse attention's does) reads nan there."""
+        self.passes += 1
+        for series in self.out.series.values():
+            series += [math.nan] * (self.passes - len(series))
+
     def record(self, name: str, value: torch.Tensor, extra_values: dict[str, float]) -> None:
+        if name in self.last:  # called again in one pass (a shared module): its first call stands
+            return
         out, value = self.out, value.detach().float()
         values = {"rms": _rms(value), "change": math.nan, "update": math.nan, **extra_values}
         if name not in self.first:
@@ -127,7 +138,8 @@ class _Points:
         elif self.first[name].shape == value.shape:
             values["change"] = _rms(value - self.first[name])
         for measure in MEASURES:
-            out.series.setdefault(f"{measure}:{name}", []).append(values.get(measure, math.nan))
+            series = out.series.setdefault(f"{measure}:{name}", [math.nan] * self.passes)
+            series.append(values.get(measure, math.nan))
         self.last.append(name)
 
     def module_hook(self, name: str, module: nn.Module, interceptor: Any) -> Callable[..., None]:
