@@ -320,10 +320,13 @@ def counts(rows: list[dict]) -> dict:
         c["plan refused loudly"] += "refused" in r
         c["plan crashed"] += "crashed" in r
         mup, sp = r.get("mup", {}), r.get("sp", {})
+        slow = "TimeoutError" in f"{mup.get('refused', '')}{mup.get('crashed', '')}"  # the survey's limit
         c["muP check ran"] += "passed" in mup
         c["muP passes"] += bool(mup.get("passed"))
-        c["muP check refused loudly"] += "refused" in mup
-        c["muP check crashed"] += "crashed" in mup
+        c["muP fails loudly, naming points"] += "passed" in mup and not mup["passed"]
+        c["muP check over the time limit"] += slow
+        c["muP check refused loudly"] += "refused" in mup and not slow
+        c["muP check crashed"] += "crashed" in mup and not slow
         c["standard fails"] += "passed" in sp and not sp["passed"]
         c["attention through the interface"] += r.get("attention_truth") in ("1/d_head", "not 1/d_head")
         c["attention muP after the plan"] += r.get("attention_truth") == "1/d_head"
