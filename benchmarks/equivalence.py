@@ -1,6 +1,6 @@
 """mutransfer against microsoft/mup (PyPI ``mup`` 1.0.0), step by step, on the same models.
 
-    pip install pyyaml && pip install --no-deps mup==1.0.0     # (make bench does both)
+    pip install --no-deps mup==1.0.0     # (the Makefile's environment has it)
     python benchmarks/equivalence.py            # ~2 min on 2 CPU cores
     python benchmarks/equivalence.py --quick    # the MLP at 4x, a few steps: seconds
 
