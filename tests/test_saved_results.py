@@ -1,7 +1,8 @@
 """The results saved in benchmarks/results/ still load with this version: grids (written with
 "widths" and cells' "width" before sizes had their own name) and the demo's results with its
-coordinate checks. A reader that stopped understanding them would orphan every figure in the
-READMEs."""
+coordinate checks; and so do files in the formats of earlier versions (tests/data/saved/: the
+demo's results of 2026-12-03, format 1, with format-2 plans). A reader that stopped
+understanding them would orphan every figure in the READMEs and every file users saved."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mutransfer.errors import MutransferError
 from mutransfer.grid import Grid
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+OLD_DEMO = Path(__file__).resolve().parent / "data" / "saved" / "demo-2026-12-03.json"
 GRIDS = sorted(p for p in RESULTS.rglob("*.json") if {"protocol", "cells"} <= set(json.loads(p.read_text())))
 
 
@@ -35,16 +37,21 @@ def test_a_saved_grid_loads_and_summarises(path):
     assert grid.table()
 
 
-def test_the_saved_demo_loads_with_its_coordinate_checks():
-    result = DemoResult.load(RESULTS / "demo.json")
+@pytest.mark.parametrize("path", [RESULTS / "demo.json", OLD_DEMO], ids=["now", "format 1"])
+def test_a_saved_demo_loads_with_its_coordinate_checks_and_scans(path):
+    result = DemoResult.load(path)
     checks = [CoordCheck.from_dict(result.coord[p]) for p in ("mup", "sp")]
     assert checks[0].passed and not checks[1].passed
     assert checks[0].sizes == (32, 64, 128, 256) and checks[0].widths == checks[0].sizes
     assert "muTransfer demo" in result.table()
+    for p in ("mup", "sp"):  # format 1 kept its scans as runs by log2 LR: read as grids
+        scan = result.scan_grid(p)
+        assert {c.size for c in scan.cells} == set(scan.sizes)
+        assert result.optimum(p, "target").method != "none"
 
 
 def test_a_coordinate_check_file_loads_and_a_wrong_file_says_so(tmp_path):
-    saved = json.loads((RESULTS / "demo.json").read_text())["coord"]["mup"]  # written before "sizes"
+    saved = json.loads(OLD_DEMO.read_text())["coord"]["mup"]  # written before "sizes"
     (tmp_path / "c.json").write_text(json.dumps(saved))
     check = mutransfer.CoordCheck.load(tmp_path / "c.json")
     assert check.passed and check.sizes == tuple(saved["widths"])

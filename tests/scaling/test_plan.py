@@ -261,7 +261,7 @@ def test_plan_from_model_needs_exactly_one_description():
 
 def test_plans_saved_by_earlier_versions_still_load():
     """A transfer file written before the plan's format 3 (the demo's, kept in the repository)."""
-    saved = json.loads((Path(__file__).parents[2] / "benchmarks/results/demo.json").read_text())
+    saved = json.loads((Path(__file__).parents[2] / "tests/data/saved/demo-2026-12-03.json").read_text())
     plan = saved["transfer"]["mup"]["plan"]
     assert plan["format"] == 2
     loaded = mutransfer.Plan.from_dict(plan)
