@@ -320,11 +320,12 @@ def counts(rows: list[dict]) -> dict:
         c["plan refused loudly"] += "refused" in r
         c["plan crashed"] += "crashed" in r
         mup, sp = r.get("mup", {}), r.get("sp", {})
-        slow = "TimeoutError" in f"{mup.get('refused', '')}{mup.get('crashed', '')}"  # the survey's limit
+        stopped = f"{mup.get('refused', '')}{mup.get('crashed', '')}"
+        slow = "TimeoutError" in stopped or "can't allocate memory" in stopped  # the survey's limits
         c["muP check ran"] += "passed" in mup
         c["muP passes"] += bool(mup.get("passed"))
         c["muP fails loudly, naming points"] += "passed" in mup and not mup["passed"]
-        c["muP check over the time limit"] += slow
+        c["muP check over the time or memory limit"] += slow
         c["muP check refused loudly"] += "refused" in mup and not slow
         c["muP check crashed"] += "crashed" in mup and not slow
         c["standard fails"] += "passed" in sp and not sp["passed"]
