@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,40 @@ def test_drift_and_regret_of_a_grid_with_known_answers():
     # a transfer run that beats the grid's minimum is the best: no negative regret
     lucky = _known_grid({32: -7.0, 64: -7.0}, transfer_loss=1.5).summary("mup")
     assert lucky.best_loss == 1.5 and lucky.regret == 0.0 and lucky.drift == 0.0
+
+
+def test_lr_sensitivity_is_the_mean_clipped_loss_above_the_best():
+    """Wortsman et al.'s definition on four LRs with a known answer: losses 3, 1, 2 and a
+    divergence, the loss at init 2.5: clipped 2.5, 1, 2, 2.5, mean 2, best 1, sensitivity 1."""
+    lrs = (2.0**-4, 2.0**-3, 2.0**-2, 2.0**-1)
+    cells = tuple(Cell("mup", 8, lr, 0, v, 0.0, 10, 0.1, curve=[2.5, 2.0])
+                  for lr, v in zip(lrs, [3.0, 1.0, 2.0, math.inf], strict=True))  # fmt: skip
+    grid = Grid({}, (8,), lrs, ("mup",), 1, cells)
+    assert grid.sensitivity("mup", 8) == pytest.approx(1.0)
+    assert grid.summary("mup").sensitivity == pytest.approx((1.0,))
+    flat = Grid({}, (8,), lrs, ("mup",), 1, tuple(replace(c, val_loss=1.0) for c in cells))
+    assert flat.sensitivity("mup", 8) == 0.0  # every LR as good as the best
+    without_curves = Grid({}, (8,), lrs, ("mup",), 1, tuple(replace(c, curve=[]) for c in cells))
+    assert math.isnan(without_curves.sensitivity("mup", 8))  # no loss at init: not guessed
+
+
+def test_optimum_error_and_drift_error_come_from_the_seeds():
+    """Two seeds whose own optima sit at c +- d: the mean's optimum has error d (their standard
+    deviation over sqrt(2)); the drift's error adds the two widths' in quadrature."""
+    lrs = tuple(2.0**k for k in range(-12, -3))
+    spread = {32: (-7.3, 0.2), 64: (-6.8, 0.5)}
+    cells = tuple(Cell("mup", w, lr, seed, (math.log2(lr) - c + (d if seed else -d)) ** 2, 0.0, 10, 0.1)
+                  for w, (c, d) in spread.items() for seed in (0, 1) for lr in lrs)  # fmt: skip
+    s = Grid({}, (32, 64), lrs, ("mup",), 2, cells).summary("mup")
+    assert [o.log2_lr for o in s.optima] == pytest.approx([-7.3, -6.8])
+    assert [o.error for o in s.optima] == pytest.approx([0.2, 0.5])
+    assert s.drift_error == pytest.approx(math.hypot(0.2, 0.5))
+    one_seed = Grid({}, (32, 64), lrs, ("mup",), 1, tuple(c for c in cells if c.seed == 0)).summary("mup")
+    assert math.isnan(one_seed.optima[0].error) and math.isnan(one_seed.drift_error)
+    table = Grid({"factory": "f", "data": "d", "batch_size": 1, "steps": 1, "optimizer": "adam", "warmup": 0,
+                  "schedule": "cosine", "width_key": "width", "shape": {}, "base": 32},
+                 (32, 64), lrs, ("mup",), 2, cells).table()  # fmt: skip
+    assert "+- 0.20" in table and "+- 0.50" in table and "LR sens." in table
 
 
 def test_mup_optimum_moves_less_than_standard():

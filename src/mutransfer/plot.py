@@ -132,7 +132,8 @@ def pyplot() -> Any:
 
 def plot_grid(result: Grid, path: str | os.PathLike) -> None:
     """Save a PNG: validation loss against log2 LR, one curve per width, one panel per
-    parametrization. Stars mark each width's optimum; the dotted line is the narrowest width's
+    parametrization. Stars mark each width's optimum (bars: its error over seeds), the legend
+    each width's LR sensitivity; the dotted line is the narrowest width's
     optimum and the ring the widest width's loss there (the transfer run). Curves that keep
     their minimum on that line are what muP promises."""
     plt = pyplot()
@@ -145,7 +146,7 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
     low, top = _loss_range(result)
     for ax, name in zip(axes[0], names, strict=True):
         s = result.summary(name)
-        for i, o in enumerate(s.optima):
+        for i, (o, sensitivity) in enumerate(zip(s.optima, s.sensitivity, strict=True)):
             colour = colours(i / max(1, len(s.optima) - 1) * 0.9)
             ys = [result.loss(name, o.size, lr) for lr in result.lrs]
             ax.plot(
@@ -155,26 +156,30 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
                 color=colour,
                 ms=3,
                 lw=1.4,
-                label=f"{result.axis} {o.size}",
+                label=f"{result.axis} {o.size}"
+                + ("" if math.isnan(sensitivity) else f", LR sens. {sensitivity:.3f}"),
             )
             bad = [x for x, y in zip(xs, ys, strict=True) if math.isinf(y)]
             if bad:  # drawn on the top edge
                 ax.plot(bad, [top] * len(bad), "x", color=colour, ms=7, mew=1.5, clip_on=False)
             if o.method != "none":
                 ax.plot(o.log2_lr, min(o.loss, top), "*", color=colour, ms=13, mec="black", mew=0.6, zorder=5)
+                if math.isfinite(o.error):  # the seeds' spread of the optimum: a slide or a wobble
+                    ax.errorbar(o.log2_lr, min(o.loss, top), xerr=o.error, color=colour, capsize=3, lw=1)
         if not math.isnan(s.transfer_log2_lr):
             ax.axvline(s.transfer_log2_lr, color="grey", ls=":", lw=1)
             if math.isfinite(s.transfer_loss):
                 ax.plot(s.transfer_log2_lr, min(s.transfer_loss, top), "o", mfc="none", mec="black", ms=9)
         title = parametrization_label(name, result.axis)
         drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
+        drift += "" if math.isnan(s.drift_error) else f" ± {s.drift_error:.2f}"
         regret = "n/a" if math.isnan(s.regret) else f"{100 * s.regret:.1f}%"
         ax.set_title(f"{title}: optimum drift {drift} log2, regret {regret}", fontsize=10)
         ax.set_xlabel("log2 learning rate")
         ax.grid(alpha=0.3, lw=0.4)
         ax.set_ylim(low, top)
+        ax.legend(fontsize=8, loc="upper right")  # each panel's own LR sensitivities
     axes[0][0].set_ylabel("validation loss")
-    axes[0][-1].legend(fontsize=8, loc="upper right")
     p = result.protocol
     ring = {"depth": "deepest at the shallowest", "width": "widest at the narrowest"}.get(
         result.axis, f"largest {result.axis} at the smallest"

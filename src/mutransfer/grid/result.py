@@ -1,10 +1,11 @@
-"""A grid's results: its cells, and what they say (optima, drift, regret); plain data with a
-JSON round-trip. Nothing here trains: ``run.py`` fills the cells."""
+"""A grid's results: its cells, and what they say (optima and their errors, drift, regret, LR
+sensitivity); plain data with a JSON round-trip. Nothing here trains: ``cells.py`` fills them."""
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -52,6 +53,7 @@ class Optimum:
     log2_lr: float
     loss: float  # the best validation loss on the grid at this size
     method: str
+    error: float = math.nan  # standard error over seeds of each seed's own optimum (nan: one seed)
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,12 @@ class Summary:
     parametrization: str
     optima: tuple[Optimum, ...]
     drift: float  # max minus min of the optimal log2 LR over the widths
+    drift_error: float  # from the two optima's errors (nan without seeds): a slide or a wobble?
     transfer_log2_lr: float  # the narrowest width's optimum, reused at the widest
     transfer_loss: float  # the widest width's validation loss at that LR
     best_loss: float  # the widest width's best validation loss (grid or transfer run)
     regret: float  # transfer_loss / best_loss - 1
+    sensitivity: tuple[float, ...] = ()  # per size, as ``Grid.sensitivity``
 
 
 @dataclass(frozen=True)
@@ -100,13 +104,45 @@ class Grid:
         return sum(values) / len(values) if values else math.nan
 
     def optimum(self, parametrization: str, width: int) -> Optimum:
+        """The optimum of the seeds' mean loss; its error from each seed's own optimum."""
+        x = [math.log2(lr) for lr in self.lrs]
+        mean = fit_optimum(width, x, [self.loss(parametrization, width, lr) for lr in self.lrs])
+        runs: dict[int, dict[float, float]] = {}
+        for c in self.cells:
+            if (c.parametrization, c.size, c.transfer) == (parametrization, width, False):
+                runs.setdefault(c.seed, {})[c.lr] = c.val_loss
+        each = [
+            fit_optimum(width, x, [seed[lr] for lr in self.lrs]).log2_lr
+            for seed in runs.values()
+            if len(seed) == len(self.lrs)
+        ]
+        if len(each) < 2 or any(math.isnan(v) for v in each) or mean.method == "none":
+            return mean
+        return replace(mean, error=statistics.stdev(each) / math.sqrt(len(each)))
+
+    def sensitivity(self, parametrization: str, width: int) -> float:
+        """LR sensitivity as Wortsman et al. (2023) define it: over the grid's learning rates, the
+        mean of (loss, clipped at the loss at init) minus the best loss. 0 when every LR is as good
+        as the best; diverged cells count at the loss at init. nan when cells lack curves."""
+        start = [
+            c.curve[0]
+            for c in self.cells
+            if (c.parametrization, c.size, c.transfer) == (parametrization, width, False) and c.curve
+        ]
         losses = [self.loss(parametrization, width, lr) for lr in self.lrs]
-        return fit_optimum(width, [math.log2(lr) for lr in self.lrs], losses)
+        if not start or any(math.isnan(v) for v in losses):
+            return math.nan
+        init = sum(start) / len(start)
+        clipped = [min(v, init) for v in losses]
+        return sum(clipped) / len(clipped) - min(clipped)
 
     def summary(self, parametrization: str) -> Summary:
         optima = tuple(self.optimum(parametrization, w) for w in self.sizes)
         found = [o.log2_lr for o in optima if o.method != "none"]
-        drift = max(found) - min(found) if len(found) == len(optima) else math.nan
+        drift, drift_error = math.nan, math.nan
+        if len(found) == len(optima):
+            high, low = max(optima, key=lambda o: o.log2_lr), min(optima, key=lambda o: o.log2_lr)
+            drift, drift_error = high.log2_lr - low.log2_lr, math.hypot(high.error, low.error)
         widest = self.sizes[-1]
         lr = transfer_lr(optima[0])
         transfer = self.loss(parametrization, widest, lr, transfer=True) if lr else math.nan
@@ -116,10 +152,12 @@ class Grid:
             parametrization=parametrization,
             optima=optima,
             drift=drift,
+            drift_error=drift_error,
             transfer_log2_lr=math.log2(lr) if lr else math.nan,
             transfer_loss=transfer,
             best_loss=best,
             regret=regret,
+            sensitivity=tuple(self.sensitivity(parametrization, w) for w in self.sizes),
         )
 
     @property
@@ -128,7 +166,8 @@ class Grid:
         return self.protocol.get("axis", "width")
 
     def table(self) -> str:
-        """The loss of every cell (``*`` the best per width), then optimum, drift and regret."""
+        """The loss of every cell (``*`` the best per width), each row's optimum and LR
+        sensitivity, then drift and regret."""
         p = self.protocol
         axis = self.axis
         budget = {"steps": f"batch {p['batch_size']}", "batch_size": f"{p['steps']} steps"}.get(
@@ -139,14 +178,14 @@ class Grid:
             f"{axis} x LR grid: {p['factory']}{model} on {p['data']}, {budget}, {p['optimizer']}, "
             f"warmup {p['warmup']:g} then {p['schedule']}; validation loss"
         ]
-        head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum"]
+        head = ["log2 lr"] + [f"{math.log2(lr):g}" for lr in self.lrs] + ["optimum", "LR sens."]
         summaries = [self.summary(name) for name in self.parametrizations]
         for name, s in zip(self.parametrizations, summaries, strict=True):
             rows = [head]
-            for o in s.optima:
+            for o, sensitivity in zip(s.optima, s.sensitivity, strict=True):
                 losses = [self.loss(name, o.size, lr) for lr in self.lrs]
                 cells = [_cell_text(v, v == o.loss) for v in losses]
-                rows.append([f"{axis} {o.size}", *cells, _optimum_text(o)])
+                rows.append([f"{axis} {o.size}", *cells, _optimum_text(o), _number(sensitivity, ".3f")])
             base_axis = p["width_key"] if axis in TRAINING_AXES else axis
             base = f" (base {base_axis} {p['base']})" if name == "mup" else ""
             lines += ["", f"{label(name, axis)}{base}:"]
@@ -268,15 +307,26 @@ def _cell_text(value: float, best: bool) -> str:
     return f"{value:.4f}{'*' if best else ' '}"
 
 
+def _number(value: float, spec: str) -> str:
+    return "n/a" if math.isnan(value) else format(value, spec)
+
+
 def _optimum_text(o: Optimum) -> str:
     if o.method == "none":
         return "all diverged"
-    return f"2^{o.log2_lr:.2f} ({o.method})"
+    error = "" if math.isnan(o.error) else f" +- {o.error:.2f}"
+    return f"2^{o.log2_lr:.2f}{error} ({o.method})"
 
 
 def _verdict_text(s: Summary, widths: Sequence[int], axis: str = "width") -> str:
-    drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
-    text = f"  drift of the optimum over {plural(axis)} {widths[0]}..{widths[-1]}: {drift} log2 units"
+    drift, note = _number(s.drift, ".2f"), ""
+    if not math.isnan(s.drift_error):
+        drift += f" +- {s.drift_error:.2f}"
+        if s.drift < 2 * s.drift_error:
+            note = " (less than twice its error: may be the seeds' noise, not a slide)"
+    elif not math.isnan(s.drift):
+        note = " (one seed, so no error: seeds=2 or more tell a slide from noise)"
+    text = f"  drift of the optimum over {plural(axis)} {widths[0]}..{widths[-1]}: {drift} log2 units{note}"
     if not math.isnan(s.regret):
         text += (
             f"\n  regret: {axis} {widths[-1]} at {axis} {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "
