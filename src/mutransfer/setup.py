@@ -157,6 +157,10 @@ class TrainSetup:
     weight_decay: float = 0.0
     eval_batches: int = 16
     loss: LossFn = cross_entropy
+    z_loss: float = 0.0
+    """Weight of the z-loss (``mutransfer.losses.log_z``); Wortsman et al. use 1e-4."""
+    monitor_every: int = 0
+    """Record ``mutransfer.monitor``'s monitors every this many steps (0: off, no hooks)."""
     seeds: int = 1
     device: str | torch.device = "cpu"
 
@@ -165,6 +169,13 @@ class TrainSetup:
             raise MutransferError(f"seeds must be an int >= 1, got {self.seeds!r}.")
         check_budget(self.steps, self.batch_size, self.eval_batches, self.warmup, self.schedule)
         check_number(self.weight_decay, "weight_decay")
+        check_number(self.z_loss, "z_loss")
+        if (
+            isinstance(self.monitor_every, bool)
+            or not isinstance(self.monitor_every, int)
+            or self.monitor_every < 0
+        ):
+            raise MutransferError(f"monitor_every must be an int >= 0 (0: off), got {self.monitor_every!r}.")
         optimizer_class(self.optimizer, self.optimizer_family)  # a bad name fails before any training
 
     @property
@@ -201,13 +212,16 @@ class TrainSetup:
             eval_batches=self.eval_batches,
             eval_batch_size=eval_batch_size,
             loss=self.loss,
+            z_loss=self.z_loss,
+            monitor_every=self.monitor_every,
             device=self.device,
             on_step=on_step,
         )
 
     def protocol(self) -> dict[str, Any]:
-        """What a saved grid records of the training."""
-        return {
+        """What a saved grid records of the training (the z-loss only when there is one, so
+        grids saved before it existed still resume)."""
+        out = {
             "data": getattr(self.data, "name", type(self.data).__name__),
             "data_fingerprint": getattr(self.data, "fingerprint", ""),
             "block_size": self.block_size or getattr(self.data, "block_size", None),
@@ -220,6 +234,7 @@ class TrainSetup:
             "eval_batches": self.eval_batches,
             "loss": name_of(self.loss),
         }
+        return out | ({"z_loss": self.z_loss} if self.z_loss else {})
 
 
 def one(value: Any) -> Any:

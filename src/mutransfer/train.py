@@ -22,15 +22,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
+from mutransfer.losses import LossFn, cross_entropy, log_z
+from mutransfer.monitor import monitoring
 from mutransfer.optim import OPTIMIZERS
 
 __all__ = [
@@ -46,17 +47,9 @@ __all__ = [
     "train",
 ]
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerSpec = str | Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
 SCHEDULES = ("cosine", "linear", "constant")
-
-
-def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Classification ``(B, C)`` or next-token prediction ``(B, T, V)``; a Hugging Face model's
-    output (a ``ModelOutput``) is scored by its ``logits``."""
-    output = getattr(output, "logits", output)
-    return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1))
 
 
 def lr_factor(step: int, steps: int, warmup: float, schedule: str) -> float:
@@ -95,6 +88,7 @@ class Run:
     steps: int  # steps taken: fewer than asked when it diverged
     seconds: float
     diverged: str = ""
+    monitors: dict[str, Any] = field(default_factory=dict)  # ``Monitor.to_dict()`` when monitored
 
 
 def train(
@@ -110,6 +104,8 @@ def train(
     eval_batches: int = 16,
     eval_batch_size: int | None = None,
     loss: LossFn = cross_entropy,
+    z_loss: float = 0.0,
+    monitor_every: int = 0,
     device: str | torch.device = "cpu",
     on_step: Callable[[int, float], None] | None = None,
 ) -> Run:
@@ -117,9 +113,40 @@ def train(
     and ``schedule``, then return the mean loss on ``eval_batches`` validation batches (of
     ``eval_batch_size``, default ``batch_size``: runs that train on different batch sizes
     compare on the same examples when they share it). A non-finite training loss stops the run
-    and is recorded, not raised. ``on_step(step, loss)`` sees every finite training loss; it
-    may raise to stop the run (a pruner does)."""
+    and is recorded, not raised. ``z_loss`` adds ``z_loss * log_z(output) ** 2`` (mean over
+    positions) to the loss trained on, not to the losses reported. ``monitor_every`` > 0 records
+    ``mutransfer.monitor``'s monitors every that many steps (in ``Run.monitors``; a divergence
+    then says which rose first). ``on_step(step, loss)`` sees every finite training loss; it may
+    raise to stop the run (a pruner does)."""
     check_budget(steps, batch_size, eval_batches, warmup, schedule)
+    with monitoring(model, optimizer, monitor_every) as monitor:  # evaluation is not monitored
+        run = _loop(model, optimizer, data, steps=steps, batch_size=batch_size, warmup=warmup,
+                    schedule=schedule, seed=seed, eval_batches=eval_batches, eval_batch_size=eval_batch_size,
+                    loss=loss, z_loss=z_loss, device=device, on_step=on_step)  # fmt: skip
+    if monitor is None:
+        return run
+    first = monitor.first_to_rise() if run.diverged else ""
+    return replace(run, diverged=f"{run.diverged}; before it, {first}" if first else run.diverged,
+                   monitors=monitor.to_dict())  # fmt: skip
+
+
+def _loop(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Batches,
+    *,
+    steps: int,
+    batch_size: int,
+    warmup: float,
+    schedule: str,
+    seed: int,
+    eval_batches: int,
+    eval_batch_size: int | None,
+    loss: LossFn,
+    z_loss: float,
+    device: str | torch.device,
+    on_step: Callable[[int, float], None] | None,
+) -> Run:
     start = time.perf_counter()
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     every = max(1, steps // 50)
@@ -130,8 +157,11 @@ def train(
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * factor
         x, y = fetch(data, step, batch_size, seed=seed, device=device)
-        value = loss(model(x), y)
+        output = model(x)
+        value = loss(output, y)
         losses.append(value.item())
+        if z_loss:
+            value = value + z_loss * log_z(output).pow(2).mean()
         if not math.isfinite(losses[-1]):
             return _diverged(losses, every, start, f"training loss {losses[-1]} at step {step}")
         if on_step is not None:

@@ -84,6 +84,7 @@ def _coord_check(args: argparse.Namespace) -> int:
         seed=args.seed,
         lr=args.lr,
         batch_size=args.batch_size,
+        z_loss=args.z_loss,
         parametrizations=parametrizations,
         modules=args.modules,
         threshold=args.threshold,
@@ -122,6 +123,8 @@ def _grid(args: argparse.Namespace) -> int:
             schedule=args.schedule,
             weight_decay=args.weight_decay,
             eval_batches=args.eval_batches,
+            z_loss=args.z_loss,
+            monitor_every=args.monitor_every,
             path=args.path,
             progress=Progress("grid", unit="cells"),
         )
@@ -219,6 +222,7 @@ def _coord_check_parser(sub: Any) -> None:
     flag("seed", "the first seed", type=int)
     flag("lr", "base learning rate", type=float)
     flag("batch_size", "examples per step", type=int)
+    flag("z_loss", "weight of a z-loss on the output logits, e.g. 1e-4", type=float)
     flag("parametrizations", "mup (default), sp, or sp mup side by side", nargs="+",
          choices=list(PARAMETRIZATIONS), metavar="P")  # fmt: skip
     renamed(c, "--compare-sp", "--parametrizations", value=["sp", "mup"])
@@ -264,6 +268,9 @@ def _grid_parser(sub: Any) -> None:
     flag("schedule", "decay after warmup", choices=SCHEDULES)
     flag("weight_decay", "decoupled weight decay", type=float)
     flag("eval_batches", "validation batches per cell", type=int)
+    flag("z_loss", "weight of a z-loss on the output logits, e.g. 1e-4", type=float)
+    flag("monitor_every", "record attention logits, log Z, updates and gradients every N steps "
+         "(0: off)", type=int)  # fmt: skip
     flag("path", "results file, saved after every cell (default grid.json)")
     g.set_defaults(path="grid.json")
     renamed(g, "--json", "--path")

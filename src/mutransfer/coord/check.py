@@ -52,6 +52,7 @@ from mutransfer.coord.result import CoordCheck
 from mutransfer.coord.verdict import judge, slope
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, MutransferWarning, check_number
+from mutransfer.losses import with_z_loss
 from mutransfer.parametrizations import Parametrization, label
 from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
@@ -99,6 +100,7 @@ def coord_check(
     base: int | None = None,
     batch_size: int = 8,
     loss: LossFn | None = None,
+    z_loss: float = 0.0,
     modules: Sequence[str] | None = None,
     init_law: str | None = None,
     zero: Sequence[str] = (),
@@ -133,7 +135,7 @@ def coord_check(
     )
     training = TrainSetup(
         data=data, steps=steps, batch_size=batch_size, optimizer=optimizer, optimizer_family=optimizer_family,
-        loss=loss or cross_entropy, seeds=seeds, device=device,
+        loss=loss or cross_entropy, z_loss=z_loss, seeds=seeds, device=device,
     )  # fmt: skip
     settings = dict(axis=axis, sizes=sizes, lr=lr, seed=seed, base=base, modules=modules, threshold=threshold,
                     progress=progress)  # fmt: skip
@@ -188,6 +190,7 @@ def run(
             if progress:
                 progress(found.runs, total, f"{axis.name} {size} seed {run_seed}")
             plan = plans[size] if parametrization == "mup" else None
+            loss_fn = with_z_loss(training.loss, training.z_loss)
             shape = {**model.keywords(parametrization), axis.key: size}
             if plan is None and training.family == "muon":  # Muon needs roles: the identity plan is standard
                 plan = axis.plan(model.factory, shape, size, size)
@@ -196,7 +199,7 @@ def run(
             found.add_init(i, _init_sizes(built[0], plans[size]))
             extra = blocks.roots(size) if blocks and modules is None else ()
             found.add(i, probe_run(*built, training.data, steps=training.steps, seed=run_seed,
-                                   batch_size=training.batch_size, loss_fn=training.loss, patterns=modules,
+                                   batch_size=training.batch_size, loss_fn=loss_fn, patterns=modules,
                                    device=training.device, extra=extra))  # fmt: skip
     if progress:
         progress(found.runs, total, "done")

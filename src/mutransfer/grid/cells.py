@@ -61,6 +61,8 @@ def grid(
     seeds: int = 1,
     eval_batches: int = 16,
     loss: LossFn | None = None,
+    z_loss: float = 0.0,
+    monitor_every: int = 0,
     path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: GridProgress | None = None,
@@ -73,7 +75,10 @@ def grid(
     narrowest width, where muP and standard parametrization coincide) with ``init_law`` and
     ``zero`` as in ``Plan.init_``, and ``multipliers`` (``init_scale``, ``input_mult``,
     ``output_mult``, as a sweep tunes them on the proxy) on its cells. ``lrs`` are base learning
-    rates, best spaced evenly in log2. ``path``: save after every cell and resume from it.
+    rates, best spaced evenly in log2. ``z_loss``: its weight (e.g. 1e-4), added to the loss
+    trained on. ``monitor_every``: record each cell's monitors (``mutransfer.monitor``: attention
+    logits, log Z, updates, gradients) every that many steps. ``path``: save after every cell
+    and resume from it.
     ``progress`` is told before every cell.
 
     ``depths=`` instead of ``widths=`` makes a depth grid: ``depth_key`` varies, ``shape`` holds
@@ -121,6 +126,8 @@ def grid(
         weight_decay=weight_decay,
         eval_batches=eval_batches,
         loss=loss or cross_entropy,
+        z_loss=z_loss,
+        monitor_every=monitor_every,
         seeds=seeds,
         device=device,
     )
@@ -240,9 +247,8 @@ class _Cells:
                 f"training the {_label(cell, self.axis.name)} failed: {type(exc).__name__}: {exc}. The cells "
                 "done so far are saved. Check that the model's inputs match the data (keywords in shape=)."
             ) from exc
-        return Cell(
-            name, size, lr, seed, r.val_loss, r.train_loss, r.steps, r.seconds, r.diverged, transfer, r.curve
-        )
+        return Cell(name, size, lr, seed, r.val_loss, r.train_loss, r.steps, r.seconds, r.diverged, transfer,
+                    r.curve, r.monitors)  # fmt: skip
 
     def _protocol(self, model: ModelSetup, training: TrainSetup, sizes: Sequence[int]) -> dict[str, Any]:
         """The grid's protocol: the setups' and the axis's (keys added over time appear only when

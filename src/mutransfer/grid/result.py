@@ -23,6 +23,7 @@ __all__ = ["Cell", "Grid", "Optimum", "Summary", "fit_optimum", "missing", "tran
 class Cell:
     """One training run of the grid. ``val_loss`` is ``inf`` when it ``diverged`` (the reason).
     ``transfer`` marks the extra run at the widest width with the narrowest width's optimum.
+    ``monitors``: what ``mutransfer.monitor`` recorded, when the grid ran with ``monitor_every``.
     In a depth grid ``width`` is the number of blocks (and "widest" the deepest)."""
 
     parametrization: str
@@ -36,6 +37,7 @@ class Cell:
     diverged: str = ""
     transfer: bool = False
     curve: list[float] = field(default_factory=list, repr=False)
+    monitors: dict[str, Any] = field(default_factory=dict, repr=False)  # ``Monitor.to_dict()``, if on
 
     @property
     def key(self) -> tuple[str, int, float, int, bool]:
@@ -191,6 +193,7 @@ class Grid:
             lines += ["", f"{label(name, axis)}{base}:"]
             lines += table(rows, align="r", indent="  ")
             lines.append(_verdict_text(s, self.sizes, axis))
+        lines += _divergence_notes(self.cells, axis)
         edge = sorted({o.size for s in summaries for o in s.optima if o.method == "edge"})
         if edge:
             lines.append(
@@ -293,9 +296,15 @@ def with_cell(result: Grid, cell: Cell) -> Grid:
 
 
 def _cell_fields(cell: Mapping[str, Any]) -> dict[str, Any]:
-    """A saved cell's fields: null losses (diverged) read as inf, "width" (before 0.2) as size."""
+    """A saved cell's fields: null losses (diverged) read as inf, "width" (before 0.2) as size,
+    null monitor values (not recorded at that step) as nan."""
     fields = {k: v for k, v in cell.items() if k != "width"}
     fields.setdefault("size", cell.get("width"))
+    if fields.get("monitors"):
+        series = {
+            k: [math.nan if v is None else v for v in vs] for k, vs in fields["monitors"]["series"].items()
+        }
+        fields["monitors"] = {**fields["monitors"], "series": series}
     return fields | {"val_loss": number(cell["val_loss"]), "train_loss": number(cell["train_loss"])}
 
 
@@ -333,3 +342,15 @@ def _verdict_text(s: Summary, widths: Sequence[int], axis: str = "width") -> str
             f"reaches {s.transfer_loss:.4f}, its best is {s.best_loss:.4f}: {100 * s.regret:+.2f}%"
         )
     return text
+
+
+def _divergence_notes(cells: Sequence[Cell], axis: str) -> list[str]:
+    """For each row, the lowest LR that diverged and what its monitors saw rise first."""
+    first: dict[tuple[str, int], Cell] = {}
+    for c in sorted(cells, key=lambda c: c.lr):
+        if "before it" in c.diverged:
+            first.setdefault((c.parametrization, c.size), c)
+    return [
+        f"{label(c.parametrization, axis)}, {axis} {c.size}, lr 2^{math.log2(c.lr):g}: {c.diverged}"
+        for c in first.values()
+    ]

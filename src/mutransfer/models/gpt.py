@@ -12,27 +12,32 @@ from mutransfer.scaling.attention import AttentionLogits, attention_scale
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, n_head: int, scale: float):
+    def __init__(self, width: int, n_head: int, scale: float, qk_norm: bool = False):
         super().__init__()
         self.n_head, self.scale = n_head, scale
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width)
         self.logits = AttentionLogits()  # hook point for the coordinate check
+        # qk-layernorm (Dehghani et al. 2023; Wortsman et al. 2023): bounds the attention logits
+        self.q_norm = nn.LayerNorm(width // n_head) if qk_norm else None
+        self.k_norm = nn.LayerNorm(width // n_head) if qk_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         self.logits.observe(q, k, self.scale)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hd)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, n_head: int, scale: float):
+    def __init__(self, width: int, n_head: int, scale: float, qk_norm: bool = False):
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
-        self.attn = _Attention(width, n_head, scale)
+        self.attn = _Attention(width, n_head, scale, qk_norm)
         self.ln2 = nn.LayerNorm(width)
         self.fc = nn.Linear(width, 4 * width)
         self.fc_proj = nn.Linear(4 * width, width)
@@ -48,7 +53,8 @@ class GPT(nn.Module):
     The head count is fixed, so the head size grows with ``width``. ``base_d_head`` selects
     muP's ``1/d_head`` attention scale (equal to ``1/sqrt(d_head)`` at that head size); without
     it the model uses the standard ``1/sqrt(d_head)``. ``tie_embeddings`` shares the token
-    embedding with the readout.
+    embedding with the readout. ``qk_norm`` normalises each head's queries and keys (a
+    LayerNorm over ``d_head``), the fix for attention-logit growth at high learning rates.
     """
 
     # The last module of each residual branch, for a depth plan: mutransfer.plan(..., depth="depth",
@@ -64,6 +70,7 @@ class GPT(nn.Module):
         block_size: int = 128,
         tie_embeddings: bool = False,
         base_d_head: int | None = None,
+        qk_norm: bool = False,
     ):
         super().__init__()
         if width % n_head:
@@ -73,7 +80,7 @@ class GPT(nn.Module):
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, width)
         self.wpe = nn.Embedding(block_size, width)
-        self.blocks = nn.ModuleList(_Block(width, n_head, scale) for _ in range(depth))
+        self.blocks = nn.ModuleList(_Block(width, n_head, scale, qk_norm) for _ in range(depth))
         self.ln_f = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
         # GPT-2's embedding init (std 0.02; PyTorch's default is 1), the rest PyTorch's default:

@@ -25,18 +25,22 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, n_head: int, n_kv_head: int, scale: float):
+    def __init__(self, width: int, n_head: int, n_kv_head: int, scale: float, qk_norm: bool = False):
         super().__init__()
         self.n_head, self.n_kv_head, self.d_head, self.scale = n_head, n_kv_head, width // n_head, scale
         self.q = nn.Linear(width, width, bias=False)
         self.kv = nn.Linear(width, 2 * n_kv_head * self.d_head, bias=False)  # keys and values of the kv heads
         self.proj = nn.Linear(width, width, bias=False)
         self.logits = AttentionLogits()  # hook point for the coordinate check
+        self.q_norm = nn.RMSNorm(self.d_head) if qk_norm else None  # as Qwen3 and OLMo 2
+        self.k_norm = nn.RMSNorm(self.d_head) if qk_norm else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q = self.q(x).view(B, T, self.n_head, self.d_head).transpose(1, 2)  # (B, nh, T, hd)
         k, v = self.kv(x).view(B, T, 2 * self.n_kv_head, self.d_head).transpose(1, 2).chunk(2, dim=1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # k, v: (B, n_kv, T, hd)
         self.logits.observe(q, k, self.scale)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
@@ -44,10 +48,10 @@ class _Attention(nn.Module):
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, n_head: int, n_kv_head: int, hidden: int, scale: float):
+    def __init__(self, width: int, n_head: int, n_kv_head: int, hidden: int, scale: float, qk_norm: bool):
         super().__init__()
         self.attn_norm = nn.RMSNorm(width)
-        self.attn = _Attention(width, n_head, n_kv_head, scale)
+        self.attn = _Attention(width, n_head, n_kv_head, scale, qk_norm)
         self.mlp_norm = nn.RMSNorm(width)
         self.gate = nn.Linear(width, hidden, bias=False)
         self.up = nn.Linear(width, hidden, bias=False)
@@ -67,7 +71,8 @@ class Llama(nn.Module):
     The head counts are fixed, so the head size grows with ``width``; ``base_d_head`` selects
     muP's ``1/d_head`` attention scale, as in ``GPT``. The SwiGLU hidden size is
     ``hidden_mult * width``: LLaMA's 8/3 rounded up to a whole multiple, because muP needs every
-    growing dimension to grow by the same factor as the width.
+    growing dimension to grow by the same factor as the width. ``qk_norm`` RMS-normalises each
+    head's queries and keys before the rotation, as Qwen3 and OLMo 2 do.
     """
 
     residual = ("blocks.*.attn.proj", "blocks.*.down")  # each residual branch's last layer
@@ -83,6 +88,7 @@ class Llama(nn.Module):
         block_size: int = 128,
         tie_embeddings: bool = False,
         base_d_head: int | None = None,
+        qk_norm: bool = False,
     ):
         super().__init__()
         if width % n_head or n_head % n_kv_head or (width // n_head) % 2:
@@ -95,7 +101,7 @@ class Llama(nn.Module):
         self.block_size = block_size
         self.embed = nn.Embedding(vocab_size, width)
         self.blocks = nn.ModuleList(
-            _Block(width, n_head, n_kv_head, hidden_mult * width, scale) for _ in range(depth)
+            _Block(width, n_head, n_kv_head, hidden_mult * width, scale, qk_norm) for _ in range(depth)
         )
         self.norm = nn.RMSNorm(width)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)

@@ -101,6 +101,10 @@ class SweepConfig:
     optimizer: str = "adam"
     schedule: str = "cosine"
     eval_batches: int = 16
+    z_loss: float = 0.0
+    """Weight of a z-loss on the output logits (Wortsman et al. use 1e-4); 0: none."""
+    monitor_every: int = 0
+    """Record the monitors every this many steps, so a diverged trial says which rose first."""
     init_law: str | None = None
     """How the factory's own init scales with width: ``fan_in`` (PyTorch default), ``constant`` or
     ``measured``; default: what the factory declares (its ``init_law`` attribute), else measured."""
@@ -179,6 +183,12 @@ class SweepConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 found.append(f"{key}: must be an int >= 1, got {value!r}")
+        if (
+            isinstance(self.monitor_every, bool)
+            or not isinstance(self.monitor_every, int)
+            or self.monitor_every < 0
+        ):
+            found.append(f"monitor_every: an int >= 0 (0: off), got {self.monitor_every!r}")
         for key in ("min_steps", "target_steps", "target_batch_size"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -198,6 +208,12 @@ class SweepConfig:
             found.append(
                 'depth: residual needs depth, the keyword that counts the blocks, e.g. depth = "depth"'
             )
+        if (
+            isinstance(self.z_loss, bool)
+            or not isinstance(self.z_loss, int | float)
+            or not 0 <= self.z_loss < 1
+        ):
+            found.append(f"z_loss: a weight in [0, 1), e.g. 1e-4; got {self.z_loss!r}")
         if not 0.5 <= self.alpha <= 1.0:
             found.append(f"alpha: must lie in [0.5, 1] (1 CompleteP, 0.5 Depth-muP), got {self.alpha!r}")
         if isinstance(self.reduction, bool) or not isinstance(self.reduction, int) or self.reduction < 2:

@@ -79,7 +79,8 @@ class Experiment:
         self.common = {**implied, **config.shape, **sp_only}
         self.training = TrainSetup(data=self.data, steps=config.steps, batch_size=config.batch_size,
                                    schedule=config.schedule, optimizer=config.optimizer,
-                                   eval_batches=config.eval_batches, device=config.device)  # fmt: skip
+                                   eval_batches=config.eval_batches, z_loss=config.z_loss,
+                                   monitor_every=config.monitor_every, device=config.device)  # fmt: skip
         self.proxy = {**self.common, **config.proxy}
         self.target = {**self.common, **config.target}
         self.base = {**self.common, **(config.base if config.base is not None else config.proxy)}
