@@ -1,6 +1,6 @@
 """Where to put the coordinate check's threshold, and the smallest check whose verdict holds.
 
-    python benchmarks/coord_thresholds.py            # ~15 min on 2 CPU cores
+    python benchmarks/coord_thresholds.py            # ~4 min on one thread
     python benchmarks/coord_thresholds.py --quick    # one learning rate, one setting: a minute
 
 Correct muP on six models (the reference MLP, GPT and tied GPT; from ``foreign.py`` a
