@@ -3,6 +3,7 @@ qk-layernorm: each measured value against its own computation, and the options a
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,8 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 import mutransfer
+from mutransfer.cli import main
 from mutransfer.data import digits, stdlib
-from mutransfer.grid import Grid
+from mutransfer.grid import Cell, Grid
 from mutransfer.losses import cross_entropy, log_z, with_z_loss
 from mutransfer.models import GPT, MLP, Llama
 from mutransfer.monitor import Monitor, first_to_rise
@@ -160,3 +162,56 @@ def test_a_grid_keeps_each_cells_monitors_through_its_file(tmp_path):
     assert "z_loss" not in mutransfer.grid(MLP, widths=[16, 32], lrs=[1e-3, 1e-2, 1e-1], data=digits(),
                                            shape={"in_features": 64}, steps=2, batch_size=16,
                                            eval_batches=1).protocol  # fmt: skip
+
+
+def _monitored_grid(attention: dict[int, float], diverged_peak: float | None = None) -> Grid:
+    """A grid whose monitors are given: at lr 2^-6 each width's attention logits peak at
+    ``attention[width]`` and its hidden gradient RMS is 1e-3 * (32 / width); optionally a run at
+    lr 2^-2 that diverged with the attention rising from 1 to ``diverged_peak``."""
+    cells = []
+    for w, peak in attention.items():
+        for k, loss in ((-8, 3.0), (-6, 2.0), (-4, 2.5), (-2, 2.9)):
+            series = {"attention/blocks.0.attn": [1.0, peak], "grad/hidden": [1e-2, 1e-3 * 32 / w]}
+            diverged = ""
+            if k == -2 and diverged_peak is not None:
+                series["attention/blocks.0.attn"], diverged, loss = (
+                    [1.0, diverged_peak],
+                    "loss nan at step 9",
+                    math.inf,
+                )
+            monitors = {"every": 5, "steps": [0, 5], "series": series, "eps": {"hidden": 1e-8}}
+            cells.append(Cell("mup", w, 2.0**k, 0, loss, loss, 10, 0.1, diverged, monitors=monitors))
+    return Grid({}, tuple(attention), tuple(2.0**k for k in (-8, -6, -4, -2)), ("mup",), 1, tuple(cells))
+
+
+def test_forecast_fits_each_monitor_and_checks_itself_on_the_widest():
+    grid = _monitored_grid({32: 2.0, 64: 4.0, 128: 8.0})  # attention peak doubling with width
+    found = mutransfer.forecast(grid, 1024)
+    assert found.lr == 2.0**-6  # nearest the narrowest width's optimum
+    attention = next(f for f in found.items if f.monitor == "attention/blocks.0.attn")
+    assert attention.statistic == "peak" and attention.exponent == pytest.approx(1.0)
+    assert attention.predicted == pytest.approx(64.0) and attention.held_out_error == pytest.approx(0.0)
+    grad = next(f for f in found.items if f.monitor == "grad/hidden")
+    assert grad.statistic == "last" and grad.exponent == pytest.approx(-1.0)
+    assert grad.level == pytest.approx(1e-7) and not found.warnings  # 1e-3 * 32/1024 is far above
+    assert "width 1024" in found.text() and "+0%" in found.text()
+
+
+def test_forecast_warns_where_a_smaller_run_diverged_and_when_gradients_near_epsilon():
+    grid = _monitored_grid({32: 2.0, 64: 4.0, 128: 8.0}, diverged_peak=40.0)
+    assert not mutransfer.forecast(grid, 256).warnings  # 16 < 40
+    far = mutransfer.forecast(grid, 1024)  # 64 >= 40: the level a smaller run diverged at
+    assert any("attention/blocks.0.attn" in w and "qk-layernorm" in w for w in far.warnings)
+    tiny = mutransfer.forecast(grid, 2**20)  # gradient 1e-3 * 32 / 2^20 = 3e-8 < 10 eps
+    assert any(w.startswith("grad/hidden") and "epsilon" in w for w in tiny.warnings)
+
+
+def test_forecast_refuses_a_grid_without_monitors_and_names_the_flag(tmp_path):
+    plain = Grid({}, (32, 64), (1e-3,), ("mup",), 1, (Cell("mup", 32, 1e-3, 0, 2.0, 2.0, 1, 0.1),))
+    with pytest.raises(mutransfer.MutransferError, match="--monitor-every"):
+        mutransfer.forecast(plain, 256)
+    path = tmp_path / "g.json"
+    _monitored_grid({32: 2.0, 64: 4.0, 128: 8.0}, diverged_peak=40.0).save(path)
+    assert main(["forecast", str(path), "--to", "1024"]) == 1  # a warning: exit status 1
+    assert main(["predict", str(path), "--to", "256", "--json", str(tmp_path / "f.json")]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["size"] == 256

@@ -16,7 +16,9 @@ from mutransfer import data, models, testing  # noqa: F401  (subpackages: mutran
 from mutransfer.coord import CoordCheck, coord_check
 from mutransfer.errors import MutransferError
 from mutransfer.fit import PowerLaw, fit
+from mutransfer.forecast import Forecasts, forecast
 from mutransfer.grid import Grid, grid
+from mutransfer.monitor import Monitor
 from mutransfer.plot import plot_coord_check, plot_grid
 from mutransfer.scaling import (
     AttentionLogits,
@@ -34,7 +36,9 @@ from mutransfer.transfer import Transfer, load_transfer, transfer
 __all__ = [
     "AttentionLogits",
     "CoordCheck",
+    "Forecasts",
     "Grid",
+    "Monitor",
     "MutransferError",
     "ParamRole",
     "Plan",
@@ -47,6 +51,7 @@ __all__ = [
     "attention_scale",
     "coord_check",
     "fit",
+    "forecast",
     "grid",
     "load_config",
     "load_plan",

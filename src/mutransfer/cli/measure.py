@@ -14,6 +14,7 @@ from mutransfer.errors import MutransferError
 from mutransfer.factory import load
 from mutransfer.files import save_json
 from mutransfer.fit import fit
+from mutransfer.forecast import forecast
 from mutransfer.grid import Grid, grid
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.plot import plot_coord_check, plot_grid
@@ -169,6 +170,18 @@ def _fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _forecast(args: argparse.Namespace) -> int:
+    result = Grid.load(args.grid)
+    found = forecast(result, args.to, lr=args.lr, parametrization=args.parametrization)
+    p = result.protocol
+    print(f"{result.axis} x LR grid {args.grid}: {p.get('factory', '?')} on {p.get('data', '?')}")
+    print(found.text())
+    if args.json:
+        save_json(args.json, found.to_dict())
+        print(f"forecast written to {args.json}")
+    return 1 if found.warnings else 0
+
+
 def _suffixed(path: str, tag: str, count: int) -> Path:
     """``out/coord.json`` -> ``out/coord-sp.json`` when several results share one --json path."""
     p = Path(path)
@@ -181,6 +194,7 @@ def add_commands(sub: Any) -> None:
     _coord_check_parser(sub)
     _grid_parser(sub)
     _fit_parser(sub)
+    _forecast_parser(sub)
 
 
 def _plan_parser(sub: Any) -> None:
@@ -291,6 +305,24 @@ def _fit_parser(sub: Any) -> None:
     f.add_argument("--parametrization", choices=list(PARAMETRIZATIONS), help="default: mup")
     f.add_argument("--json", help="write the fit here")
     f.set_defaults(run=_fit)
+
+
+def _forecast_parser(sub: Any) -> None:
+    f = sub.add_parser(
+        "forecast",
+        aliases=["predict"],
+        help="forecast the instability monitors (attention logits, log Z, gradients) at a target width",
+        description="Fits how each monitor a grid recorded (mutransfer grid --monitor-every N) scales "
+        "along its sizes at one learning rate, and extrapolates it to --to. Exit status 1 when a monitor "
+        "is forecast to cross a level where a smaller run diverged, or a gradient to fall under 10x Adam's "
+        "epsilon. With 3+ sizes it checks itself on the widest, held out.",
+    )
+    f.add_argument("grid", help="a grid results file recorded with --monitor-every")
+    f.add_argument("--to", type=int, required=True, metavar="SIZE", help="the target's width (or depth)")
+    f.add_argument("--lr", type=float, help="one of the grid's LRs (default: nearest the narrowest optimum)")
+    f.add_argument("--parametrization", choices=list(PARAMETRIZATIONS), help="default: mup")
+    f.add_argument("--json", help="write the forecast here")
+    f.set_defaults(run=_forecast)
 
 
 def _model_flags(parser: argparse.ArgumentParser, flag: Flags, several: bool = False) -> None:
