@@ -30,7 +30,7 @@ def _demo(args: argparse.Namespace) -> int:
     sizes = demo.QUICK if args.quick else demo.Sizes()
     if args.workers:
         sizes = dataclasses.replace(sizes, workers=args.workers)
-    what = "quick demo (tiny sizes)" if args.quick else "demo: about 8 minutes on 2 CPU cores"
+    what = "quick demo (tiny sizes)" if args.quick else "demo: 8 to 9 minutes on 2 CPU cores"
     print(f"mutransfer {what}; results go to {out}/ as they are made", file=sys.stderr)
     try:
         result = demo.run(

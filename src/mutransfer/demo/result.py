@@ -24,7 +24,7 @@ PHASES = ("coordinate check", "proxy sweeps", "target runs", "LR scans")
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big the demo is. The defaults take about 8 minutes on 2 CPU cores (2026-12-03);
+    """How big the demo is. The defaults take 8 to 9 minutes on 2 CPU cores (2026-12-05);
     ``QUICK`` takes seconds, for tests."""
 
     proxy: int = 32

@@ -220,7 +220,7 @@ def _scan_phase(
 ) -> None:
     """LR scans at the proxy and the target width, the other values held at the transferred
     ones: a grid per parametrization, saved after every run (``scan-mup.json``)."""
-    total = 2 * 2 * (2 * sizes.scan_span + 1)
+    total = 2 * (2 * (2 * sizes.scan_span + 1) + 1)  # and a transfer run each, unless its LR is on the grid
     done = sum(len(result.scan_grid(p).cells) for p in result.scan)
     for p in PARAMETRIZATIONS:
         if p in result.scan:
