@@ -10,9 +10,11 @@ standard library's source), Adam at learning rates 2^-12 .. 2^0 (up to where the
 diverges), warmup then cosine, 200 steps of batch 8 x 64 bytes; standard parametrization and muP
 (base width 32), each in four variants: as built, with qk-layernorm, with a 1e-4 z-loss, with
 both. Every cell records the monitors every 10 steps (``mutransfer.monitor``). Per variant and
-width: the LR sensitivity (the paper's definition over this LR range), the best loss, the
+width: the LR sensitivity (the paper's definition, over this LR range and over 2^-12..2^-2, near
+the paper's 3e-4..3e-1), the best loss, the
 largest attention logit and |log Z| at the end of the highest-LR run that did not diverge, and
-what rose first in the runs that did. It reports what reproduced and what did not:
+what rose first in the runs that did; and the forecast's held-out check (``mutransfer.forecast``:
+the widest width's monitors from the narrower ones). It reports what reproduced and what did not:
 
 - attention-logit growth at high LR without qk-layernorm (and none with it);
 - output-logit divergence (|log Z| far from 0) at high LR without a z-loss (and less with it);
@@ -30,9 +32,11 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mutransfer
+from mutransfer.forecast import forecast
 from mutransfer.grid import Grid
 from mutransfer.models import GPT
 
@@ -48,6 +52,7 @@ VARIANTS = {  # name: (qk-layernorm, z-loss weight)
 FULL = dict(widths=[32, 64, 128], log2_lrs=range(-12, 1), steps=200, batch_size=8, block_size=64, every=10)
 QUICK = dict(widths=[16, 32], log2_lrs=[-8, -4, 0], steps=6, batch_size=4, block_size=16, every=2)
 NEAR = 0.01  # "similar loss": within 1% of the row's best
+PAPER_TOP = 2.0**-2  # Wortsman et al.'s LR range for Adam ends near 3e-1: the sensitivity there too
 
 
 def run_variant(name: str, settings: dict, out: Path) -> Grid:
@@ -90,8 +95,13 @@ def row(grid: Grid, parametrization: str, width: int) -> dict:
     best = min((c.val_loss for c in finite), default=math.nan)
     top = finite[-1] if finite else None  # the highest LR that trained to the end
     diverged = [c for c in cells if not math.isfinite(c.val_loss)]
+    paper = [lr for lr in grid.lrs if lr <= PAPER_TOP]
+    within = replace(
+        grid, lrs=tuple(paper), cells=tuple(c for c in grid.cells if c.lr in paper and not c.transfer)
+    )
     return {
         "sensitivity": grid.sensitivity(parametrization, width),
+        "sensitivity_to_2^-2": within.sensitivity(parametrization, width),
         "best_loss": best,
         "optimum_log2_lr": grid.optimum(parametrization, width).log2_lr,
         "near_best_lrs": sum(c.val_loss <= best * (1 + NEAR) for c in finite),
@@ -112,20 +122,34 @@ def report(grids: dict[str, Grid], start: float, out: Path, quick: bool) -> dict
         for p in g.parametrizations
         for w in g.sizes
     }
-    print(f"\n{'variant':6s} {'param':5s} {'width':>5s} {'sens.':>6s} {'best':>7s} {'opt':>6s} {'near':>5s} "
+    print(f"\n{'variant':6s} {'param':5s} {'width':>5s} {'sens.':>6s} {'to -2':>6s} {'best':>7s} {'opt':>6s} {'near':>5s} "
           f"{'top lr':>6s} {'attn max':>9s} {'|logZ|':>7s}  first diverged")  # fmt: skip
     for key, r in rows.items():
         variant, p, w = key.split()
         first = next(iter(r["diverged"].items()), ("", ""))
-        print(f"{variant:6s} {p:5s} {w:>5s} {r['sensitivity']:6.3f} {r['best_loss']:7.4f} "
+        print(f"{variant:6s} {p:5s} {w:>5s} {r['sensitivity']:6.3f} {r['sensitivity_to_2^-2']:6.3f} {r['best_loss']:7.4f} "
               f"{r['optimum_log2_lr']:6.2f} {r['near_best_lrs']:>2d}/{r['lrs']:<2d} "
               f"{r['highest_trained_log2_lr']:6g} "
               f"{r['attention_logit_max_at_highest']:9.3g} {r['abs_log_z_at_highest']:7.3g}  "
               f"{('2^' + first[0] + ': ' + first[1]) if first[0] else '-'}")  # fmt: skip
+    held_out = {}  # the forecast's self-check: the widest width from the narrower ones
+    for variant, g in grids.items():
+        for p in g.parametrizations:
+            found = forecast(g, 4 * g.sizes[-1], parametrization=p)
+            held_out[f"{variant} {p}"] = {
+                "log2_lr": math.log2(found.lr),
+                "errors": {f.monitor: f.held_out_error for f in found.items},
+            }
+    print("\nforecast of the widest width from the narrower ones, at the LR nearest the narrowest optimum:")
+    for key, h in held_out.items():
+        errors = ", ".join(
+            f"{m} {100 * e:+.0f}%" for m, e in h["errors"].items() if not m.startswith("update")
+        )
+        print(f"  {key} at 2^{h['log2_lr']:g}: {errors}")
     record = {**provenance(start), "settings": {k: list(v) if isinstance(v, range) else v
                                                 for k, v in (QUICK if quick else FULL).items()},
               "variants": {k: {"qk_norm": v[0], "z_loss": v[1]} for k, v in VARIANTS.items() if k in grids},
-              "rows": rows}  # fmt: skip
+              "rows": rows, "forecast_held_out": held_out}  # fmt: skip
     name = "stability-quick.json" if quick else "stability.json"
     (out / name).write_text(json.dumps(record, indent=1, default=str))
     plot(grids, out / ("stability-quick.png" if quick else "stability.png"))

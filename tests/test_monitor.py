@@ -19,6 +19,7 @@ from mutransfer.losses import cross_entropy, log_z, with_z_loss
 from mutransfer.models import GPT, MLP, Llama
 from mutransfer.monitor import Monitor, first_to_rise
 from mutransfer.train import train
+from quick_benchmarks import run_quick
 
 
 class _OneHead(nn.Module):
@@ -215,3 +216,52 @@ def test_forecast_refuses_a_grid_without_monitors_and_names_the_flag(tmp_path):
     assert main(["forecast", str(path), "--to", "1024"]) == 1  # a warning: exit status 1
     assert main(["predict", str(path), "--to", "256", "--json", str(tmp_path / "f.json")]) == 0
     assert json.loads((tmp_path / "f.json").read_text())["size"] == 256
+
+
+def test_stability_benchmark_quick_mode_runs(tmp_path):
+    record, printed = run_quick("stability", tmp_path)
+    assert set(record["variants"]) == {"none", "qk", "z", "qk+z"}
+    row = record["rows"]["qk mup 32"]
+    assert row["sensitivity"] >= 0 and row["lrs"] == 3
+    # at lr 2^0 the attention logits without qk-layernorm dwarf those with it
+    assert (
+        record["rows"]["none sp 32"]["attention_logit_max_by_lr"]["0"]
+        > 10 * row["attention_logit_max_by_lr"]["0"]
+    )
+    assert (tmp_path / "stability-quick.png").exists() and "first diverged" in printed
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_a_hugging_face_models_attention_is_monitored_either_way(implementation):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32,
+                                     bos_token_id=0, eos_token_id=0,
+                                     attn_implementation=implementation)  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with Monitor(model, optimizer, every=1) as monitor:
+        model(torch.randint(0, 64, (2, 16))).logits.sum().backward()
+        optimizer.step()
+    assert {"attention/transformer.h.0.attn", "attention/transformer.h.1.attn", "output/log_z"} <= set(
+        monitor.series
+    )
+
+
+def test_under_a_plan_gradients_and_updates_are_per_role_at_every_width():
+    """At the base width a plan's groups merge (every multiplier is 1), wider they split: the
+    monitors are named by role, so a forecast finds the same names at every width."""
+    data = stdlib(block_size=16)
+    names = []
+    for width in (32, 64):
+        shape = {"block_size": 16, "base_d_head": 8}
+        base = {"width": 32, **shape}
+        plan = mutransfer.plan(GPT, base=base, target={**base, "width": width}, probe={**base, "width": 64})
+        model = plan.init_(GPT(width=width, **shape))
+        optimizer = torch.optim.Adam(plan.param_groups(model, lr=1e-3))
+        run = train(model, optimizer, data, steps=2, batch_size=4, eval_batches=1, monitor_every=1)
+        names.append(sorted(k for k in run.monitors["series"] if k.startswith(("grad/", "update/"))))
+        assert run.monitors["eps"]["hidden"] == pytest.approx(1e-8 * 32 / width)  # muP's Adam epsilon
+    assert len(optimizer.param_groups) > 1 and names[0] == names[1]
+    assert names[0] == [
+        f"{k}/{r}" for k in ("grad", "update") for r in ("hidden", "input", "output", "vector")
+    ]

@@ -10,8 +10,9 @@ where updates stop. A ``Monitor`` records each of these every ``every`` optimize
   (found by the same interception a plan and a coordinate check use, so any attention written
   with ``F.scaled_dot_product_attention``, ``nn.MultiheadAttention`` or a written-out softmax);
 - ``output/log_z``: the mean ``log Z`` of the output logits;
-- ``update/<group>``: a param group's update RMS over its parameter RMS, step by step;
-- ``grad/<group>``: the group's gradient RMS (``eps`` holds each group's epsilon, to compare).
+- ``update/<role>``: the update RMS of a muP role's tensors (``hidden``, ``output``, ...) over
+  their RMS, step by step (per param group, ``group0``..., for groups not from a plan);
+- ``grad/<role>``: their gradient RMS (``eps`` holds each one's Adam epsilon, to compare).
 
 It hooks the model and the optimizer, so a loop of your own needs no change::
 
@@ -57,11 +58,9 @@ class Monitor:
         self.step = 0  # optimizer steps taken since the monitor was attached
         self.steps: list[int] = []
         self.records: list[dict[str, float]] = []
-        self.groups: dict[str, dict[str, Any]] = {}
-        for i, group in enumerate(optimizer.param_groups):
-            name = _group_name(group, i)
-            self.groups[name if name not in self.groups else f"{name}#{i}"] = group
-        self.eps = {n: float(g["eps"]) for n, g in self.groups.items() if isinstance(g.get("eps"), float)}
+        self.sets = _parameter_sets(optimizer.param_groups)
+        self.eps = {name: max(e for _, e in members) for name, members in self.sets.items()
+                    if all(e is not None for _, e in members)}  # fmt: skip
         self._record: dict[str, float] | None = None
         self._before: dict[str, list[torch.Tensor]] = {}
         self._intercepting: contextlib.ExitStack | None = None
@@ -108,18 +107,18 @@ class Monitor:
     def _step_starts(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._record is None:
             return
-        for name, group in self.groups.items():
-            grads = [p.grad for p in group["params"] if p.grad is not None]
+        for name, members in self.sets.items():
+            grads = [p.grad for p, _ in members if p.grad is not None]
             if grads:
                 self._record[f"grad/{name}"] = _rms(grads)
-            self._before[name] = [p.detach().clone() for p in group["params"]]
+            self._before[name] = [p.detach().clone() for p, _ in members]
 
     def _step_ends(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._record is not None:
-            for name, group in self.groups.items():
+            for name, members in self.sets.items():
                 before = self._before.get(name)
                 if before:
-                    moved = [p.detach() - b for p, b in zip(group["params"], before, strict=True)]
+                    moved = [p.detach() - b for (p, _), b in zip(members, before, strict=True)]
                     size = _rms(before)
                     self._record[f"update/{name}"] = _rms(moved) / size if size > 0 else math.nan
             self._before.clear()
@@ -202,9 +201,18 @@ def _label(name: str) -> str:
     }.get(kind, name)
 
 
-def _group_name(group: dict[str, Any], index: int) -> str:
-    roles = group.get("roles")
-    return "+".join(roles) if roles else f"group{index}"
+def _parameter_sets(groups: list[dict[str, Any]]) -> dict[str, list[tuple[torch.Tensor, float | None]]]:
+    """What the gradient and update monitors are taken over, with each tensor's epsilon: per muP
+    role when the groups say each tensor's (a plan's do, so the names match at every width, where
+    groups merge and split with the multipliers), else per group (``group0``, ...)."""
+    sets: dict[str, list[tuple[torch.Tensor, float | None]]] = {}
+    by_role = all(len(g.get("param_roles", ())) == len(g["params"]) for g in groups)
+    for i, group in enumerate(groups):
+        eps = group.get("eps") if isinstance(group.get("eps"), float) else None
+        names = group["param_roles"] if by_role else [f"group{i}"] * len(group["params"])
+        for p, name in zip(group["params"], names, strict=True):
+            sets.setdefault(name, []).append((p, eps))
+    return sets
 
 
 def _rms(tensors: list[torch.Tensor]) -> float:

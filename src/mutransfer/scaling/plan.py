@@ -222,10 +222,11 @@ class Plan:
         """Param groups for any ``torch.optim`` optimizer: one group per distinct multiplier set.
 
         Each group carries ``lr``, ``weight_decay`` and (Adam-like) ``eps`` already scaled, plus
-        ``lr_scale`` and ``roles`` for reference; LR schedulers scale each group's lr by the
-        same factor, so the ratios hold. With ``independent_weight_decay`` a group whose lr is
-        multiplied by k gets weight decay divided by k, so the decay per step (lr * wd) is the
-        same at every width; without it the decay per step follows the group's lr.
+        ``lr_scale``, ``roles`` and ``param_roles`` (each tensor's, in order) for reference; LR
+        schedulers scale each group's lr by the same factor, so the ratios hold. With
+        ``independent_weight_decay`` a group whose lr is multiplied by k gets weight decay
+        divided by k, so the decay per step (lr * wd) is the same at every width; without it the
+        decay per step follows the group's lr.
         ``decay_vectors=False`` puts biases and norm gains in groups without weight decay.
         ``lr_scale`` multiplies the LR of every tensor of a role (``{"output": 2.0}``), on top
         of muP's factor. Only parameters with ``requires_grad`` are included.
@@ -261,8 +262,11 @@ class Plan:
             if optimizer_family == "muon":
                 group["optimizer"] = "muon" if muon_takes(p) else "adam"
             key = tuple(group.values())
-            entry = grouped.setdefault(key, {"params": [], **group, "lr_scale": mult.lr, "roles": []})
+            entry = grouped.setdefault(
+                key, {"params": [], **group, "lr_scale": mult.lr, "roles": [], "param_roles": []}
+            )
             entry["params"].append(t)
+            entry["param_roles"].append(p.role.value)
             if p.role.value not in entry["roles"]:
                 entry["roles"].append(p.role.value)
         return list(grouped.values())
