@@ -122,12 +122,14 @@ def report(grids: dict[str, Grid], start: float, out: Path, quick: bool) -> dict
         for p in g.parametrizations
         for w in g.sizes
     }
-    print(f"\n{'variant':6s} {'param':5s} {'width':>5s} {'sens.':>6s} {'to -2':>6s} {'best':>7s} {'opt':>6s} {'near':>5s} "
+    print(f"\n{'variant':6s} {'param':5s} {'width':>5s} {'sens.':>6s} {'to -2':>6s} {'best':>7s} {'opt':>6s} "
+          f"{'near':>5s} "
           f"{'top lr':>6s} {'attn max':>9s} {'|logZ|':>7s}  first diverged")  # fmt: skip
     for key, r in rows.items():
         variant, p, w = key.split()
         first = next(iter(r["diverged"].items()), ("", ""))
-        print(f"{variant:6s} {p:5s} {w:>5s} {r['sensitivity']:6.3f} {r['sensitivity_to_2^-2']:6.3f} {r['best_loss']:7.4f} "
+        print(f"{variant:6s} {p:5s} {w:>5s} {r['sensitivity']:6.3f} {r['sensitivity_to_2^-2']:6.3f} "
+              f"{r['best_loss']:7.4f} "
               f"{r['optimum_log2_lr']:6.2f} {r['near_best_lrs']:>2d}/{r['lrs']:<2d} "
               f"{r['highest_trained_log2_lr']:6g} "
               f"{r['attention_logit_max_at_highest']:9.3g} {r['abs_log_z_at_highest']:7.3g}  "
@@ -149,10 +151,12 @@ def report(grids: dict[str, Grid], start: float, out: Path, quick: bool) -> dict
     record = {**provenance(start), "settings": {k: list(v) if isinstance(v, range) else v
                                                 for k, v in (QUICK if quick else FULL).items()},
               "variants": {k: {"qk_norm": v[0], "z_loss": v[1]} for k, v in VARIANTS.items() if k in grids},
-              "rows": rows, "forecast_held_out": held_out}  # fmt: skip
+              "rows": rows, "forecast_held_out": held_out,
+              "cell_seconds": round(sum(c.seconds for g in grids.values() for c in g.cells), 1)}  # fmt: skip
     name = "stability-quick.json" if quick else "stability.json"
     (out / name).write_text(json.dumps(record, indent=1, default=str))
     plot(grids, out / ("stability-quick.png" if quick else "stability.png"))
+    plot_monitors(rows, grids, out / ("stability-monitors-quick.png" if quick else "stability-monitors.png"))
     print(f"results in {out / name}")
     return record
 
@@ -183,6 +187,44 @@ def plot(grids: dict[str, Grid], path: Path) -> None:
             ax.legend(fontsize=7)
         axes[i][0].set_ylabel("validation loss (clipped at init)")
     fig.suptitle("reference GPT: loss vs LR without and with qk-layernorm and z-loss", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_monitors(rows: dict, grids: dict[str, Grid], path: Path) -> None:
+    """At every width (line shade) and LR: the largest attention logit (top) and |log Z| (bottom)
+    at the end of training, standard and muP, without (solid) and with (dashed) the fix."""
+    from mutransfer.plot import pyplot
+
+    plt = pyplot()
+    any_grid = next(iter(grids.values()))
+    widths, params = any_grid.sizes, any_grid.parametrizations
+    fig, axes = plt.subplots(
+        2, len(params), figsize=(5.2 * len(params), 6.4), squeeze=False, layout="constrained"
+    )
+    colours = plt.get_cmap("viridis")
+    panels = (("attention_logit_max_by_lr", "largest attention logit", ("none", "qk")),
+              ("abs_log_z_by_lr", "|log Z| of the output", ("none", "z")))  # fmt: skip
+    for i, (key, title, (plain, fixed)) in enumerate(panels):
+        for j, p in enumerate(params):
+            ax = axes[i][j]
+            for k, w in enumerate(widths):
+                colour = colours(k / max(1, len(widths) - 1) * 0.9)
+                for variant, style in ((plain, "-o"), (fixed, "--s")):
+                    r = rows.get(f"{variant} {p} {w}")
+                    if r is None:
+                        continue
+                    xs = [float(x) for x in r[key]]
+                    ax.plot(xs, list(r[key].values()), style, color=colour, ms=3, lw=1.2,
+                            label=f"width {w}, {variant}")  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_title(f"{'muP' if p == 'mup' else 'standard'}: {title}", fontsize=10)
+            ax.set_xlabel("log2 learning rate")
+            ax.grid(alpha=0.3, lw=0.4)
+            ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        "end of training: solid without the fix, dashed with it (qk-layernorm; z-loss 1e-4)", fontsize=10
+    )
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -167,12 +167,13 @@ def test_a_grid_keeps_each_cells_monitors_through_its_file(tmp_path):
 
 def _monitored_grid(attention: dict[int, float], diverged_peak: float | None = None) -> Grid:
     """A grid whose monitors are given: at lr 2^-6 each width's attention logits peak at
-    ``attention[width]`` and its hidden gradient RMS is 1e-3 * (32 / width); optionally a run at
+    ``attention[width]``, its hidden gradient RMS is 1e-3 * (32 / width)**2 and Adam's epsilon
+    1e-8 * 32 / width (muP's, for hidden tensors); optionally a run at
     lr 2^-2 that diverged with the attention rising from 1 to ``diverged_peak``."""
     cells = []
     for w, peak in attention.items():
         for k, loss in ((-8, 3.0), (-6, 2.0), (-4, 2.5), (-2, 2.9)):
-            series = {"attention/blocks.0.attn": [1.0, peak], "grad/hidden": [1e-2, 1e-3 * 32 / w]}
+            series = {"attention/blocks.0.attn": [1.0, peak], "grad/hidden": [1e-2, 1e-3 * (32 / w) ** 2]}
             diverged = ""
             if k == -2 and diverged_peak is not None:
                 series["attention/blocks.0.attn"], diverged, loss = (
@@ -180,7 +181,7 @@ def _monitored_grid(attention: dict[int, float], diverged_peak: float | None = N
                     "loss nan at step 9",
                     math.inf,
                 )
-            monitors = {"every": 5, "steps": [0, 5], "series": series, "eps": {"hidden": 1e-8}}
+            monitors = {"every": 5, "steps": [0, 5], "series": series, "eps": {"hidden": 1e-8 * 32 / w}}
             cells.append(Cell("mup", w, 2.0**k, 0, loss, loss, 10, 0.1, diverged, monitors=monitors))
     return Grid({}, tuple(attention), tuple(2.0**k for k in (-8, -6, -4, -2)), ("mup",), 1, tuple(cells))
 
@@ -193,8 +194,9 @@ def test_forecast_fits_each_monitor_and_checks_itself_on_the_widest():
     assert attention.statistic == "peak" and attention.exponent == pytest.approx(1.0)
     assert attention.predicted == pytest.approx(64.0) and attention.held_out_error == pytest.approx(0.0)
     grad = next(f for f in found.items if f.monitor == "grad/hidden")
-    assert grad.statistic == "last" and grad.exponent == pytest.approx(-1.0)
-    assert grad.level == pytest.approx(1e-7) and not found.warnings  # 1e-3 * 32/1024 is far above
+    assert grad.statistic == "last" and grad.exponent == pytest.approx(-2.0)
+    # the level is 10x epsilon at the target, extrapolated as muP scales it: 10 * 1e-8 * 32/1024
+    assert grad.level == pytest.approx(10 * 1e-8 * 32 / 1024) and not found.warnings
     assert "width 1024" in found.text() and "+0%" in found.text()
 
 
@@ -203,7 +205,7 @@ def test_forecast_warns_where_a_smaller_run_diverged_and_when_gradients_near_eps
     assert not mutransfer.forecast(grid, 256).warnings  # 16 < 40
     far = mutransfer.forecast(grid, 1024)  # 64 >= 40: the level a smaller run diverged at
     assert any("attention/blocks.0.attn" in w and "qk-layernorm" in w for w in far.warnings)
-    tiny = mutransfer.forecast(grid, 2**20)  # gradient 1e-3 * 32 / 2^20 = 3e-8 < 10 eps
+    tiny = mutransfer.forecast(grid, 2**20)  # gradient 1e-3 / 2^30 = 9e-13 < 10 eps = 3e-12
     assert any(w.startswith("grad/hidden") and "epsilon" in w for w in tiny.warnings)
 
 
@@ -265,3 +267,14 @@ def test_under_a_plan_gradients_and_updates_are_per_role_at_every_width():
     assert names[0] == [
         f"{k}/{r}" for k in ("grad", "update") for r in ("hidden", "input", "output", "vector")
     ]
+
+
+def test_a_hugging_face_familys_own_qk_norm_gains_are_vectors():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      vocab_size=128, max_position_embeddings=64)  # fmt: skip
+    from mutransfer import hf  # needs transformers
+
+    plan = mutransfer.plan(hf.factory(config), base={"width": 64}, target={"width": 128})
+    assert {plan.roles()[f"model.layers.0.self_attn.{n}_norm.weight"] for n in "qk"} == {"vector"}

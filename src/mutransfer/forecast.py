@@ -11,7 +11,8 @@ LR nearest the narrowest width's optimum, the one a transfer would reuse) this f
 per monitor (the peak over training for attention logits and log Z, the last value for
 gradients and relative updates) and extrapolates it to the target. It warns when the forecast
 crosses the lowest level at which a smaller run of the grid diverged with that monitor rising,
-or when a group's gradient RMS is forecast below 10x Adam's epsilon (the update then shrinks).
+or when a role's gradient RMS is forecast below 10x its Adam epsilon at the target (the update
+then shrinks).
 With 3 or more widths it also checks itself: fitted on all but the widest, it predicts the
 widest, which was measured (``held_out``).
 """
@@ -136,7 +137,7 @@ def forecast(
         values = [_mean([_statistic(c, monitor) for c in cells[s]]) for s in grid.sizes]
         if any(not (math.isfinite(v) and v > 0) for v in values):
             continue  # a monitor missing at some size, or at 0: no power law
-        level = _level(grid, name, monitor)
+        level = _level(grid, name, monitor, size)
         items.append(_forecast(monitor, grid.sizes, values, size, level))
     return Forecasts(name, lr, size, grid.axis, tuple(items))
 
@@ -185,14 +186,22 @@ def _statistic(cell: Cell, monitor: str) -> float:
     return max(values) if _STATISTIC.get(monitor.partition("/")[0]) == "peak" else values[-1]
 
 
-def _level(grid: Grid, parametrization: str, monitor: str) -> float:
-    """For a gradient: 10x its group's epsilon. Otherwise the lowest peak that monitor reached in
-    a diverged run of the grid where it rose 10x or more (nan when no run diverged that way)."""
-    kind = monitor.partition("/")[0]
+def _level(grid: Grid, parametrization: str, monitor: str, size: int) -> float:
+    """For a gradient: 10x its role's Adam epsilon at ``size`` (muP scales epsilon with width:
+    fitted along the grid's sizes like the monitors). Otherwise the lowest peak that monitor
+    reached in a diverged run of the grid where it rose 10x or more (nan when none did)."""
+    kind, _, where = monitor.partition("/")
     if kind == "grad":
-        eps = [c.monitors.get("eps", {}).get(monitor.partition("/")[2]) for c in grid.cells if c.monitors]
-        found = [e for e in eps if e]
-        return EPS_MARGIN * max(found) if found else math.nan
+        eps: dict[int, float] = {}
+        for c in grid.cells:
+            if c.parametrization == parametrization and c.monitors.get("eps", {}).get(where):
+                eps[c.size] = float(c.monitors["eps"][where])
+        if not eps:
+            return math.nan
+        if len(eps) < 2:
+            return EPS_MARGIN * max(eps.values())
+        law = fit_power_law("size", list(eps), [math.log2(v) for v in eps.values()])
+        return EPS_MARGIN * 2 ** law.predict(size).log2_lr
     peaks = []
     for c in grid.cells:
         values = [abs(v) for v in c.monitors.get("series", {}).get(monitor, []) if math.isfinite(v)]
