@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import pytest
 
@@ -178,6 +179,25 @@ def test_a_fitted_exponent_from_a_grid_file_is_applied_with_a_warning_far_out(sw
         transfer(swept.with_overrides(target_steps=2000, lr_exponents={"steps": str(wrong_axis)}))
 
 
+def test_a_width_grids_slide_corrects_the_transferred_lr(swept, tmp_path):
+    """muP's optimum sliding -0.3 log2 per doubling on a width grid (keyword ``width``): the
+    transfer from width 32 to 256 multiplies the LR by 8 ** -0.3, and says where it came from."""
+    path = tmp_path / "width.json"
+    grid = synthetic(lambda s: -6 - 0.3 * math.log2(s / 32), sizes=[32, 64, 128], axis="width")
+    replace(grid, protocol={**grid.protocol, "width_key": "width"}).save(path)
+    plain = transfer(swept)
+    t = transfer(swept.with_overrides(lr_exponents={"width": str(path)}))
+    (adj,) = t.lr_adjustments
+    assert (adj.axis, adj.proxy, adj.target) == ("width", 32, 256) and adj.exponent == pytest.approx(-0.3)
+    assert t.hparams["lr"] == pytest.approx(plain.hparams["lr"] * 8**-0.3)
+    assert (
+        "for width 32 -> 256: exponent -0.300" in t.summary()
+        and "2x beyond the measured width" in t.summary()
+    )
+    given = transfer(swept.with_overrides(lr_exponents={"width": 0.1}))
+    assert given.hparams["lr"] == pytest.approx(plain.hparams["lr"] * 8**0.1)
+
+
 def test_lr_exponents_are_checked_with_the_config():
     with pytest.raises(ConfigError) as info:
         SweepConfig(
@@ -186,9 +206,10 @@ def test_lr_exponents_are_checked_with_the_config():
             proxy={"width": 16},
             target={"width": 32},
             space={"lr": Range(1e-3, 1e-1, log=True)},
-            lr_exponents={"width": 0.5, "steps": math.nan},
+            lr_exponents={"heads": 0.5, "steps": math.nan, "depth": 0.1},
         )
-    assert "lr_exponents.width: not one of ['steps', 'batch_size']" in str(info.value)
+    assert "lr_exponents.heads: not one of ['steps', 'batch_size', 'width', 'depth']" in str(info.value)
+    assert "lr_exponents.depth: needs depth, the keyword that counts the blocks" in str(info.value)
     assert "lr_exponents.steps: an exponent or a grid file path, got nan" in str(info.value)
 
 

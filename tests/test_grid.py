@@ -71,6 +71,10 @@ def test_drift_and_regret_of_a_grid_with_known_answers():
     s = _known_grid({32: -7.3, 64: -8.1, 128: -6.6}, transfer_loss=2.3).summary("mup")
     assert [o.log2_lr for o in s.optima] == pytest.approx([-7.3, -8.1, -6.6])
     assert s.drift == pytest.approx(1.5)  # max minus min, whatever their order
+    # the trend drift misses: least squares of -7.3, -8.1, -6.6 on log2 widths 5, 6, 7
+    residuals = [-7.3 - (-9.4333 + 0.35 * 5), -8.1 - (-9.4333 + 0.35 * 6), -6.6 - (-9.4333 + 0.35 * 7)]
+    assert s.exponent == pytest.approx(0.35)
+    assert s.exponent_se == pytest.approx(math.sqrt(sum(r * r for r in residuals)) / math.sqrt(2), rel=1e-3)
     assert s.transfer_log2_lr == pytest.approx(-7.3)
     assert s.best_loss == pytest.approx(0.4**2 + 2 - 0.128)  # the widest width's grid minimum, at 2^-7
     assert s.regret == pytest.approx(2.3 / (0.4**2 + 2 - 0.128) - 1)

@@ -174,7 +174,9 @@ def plot_grid(result: Grid, path: str | os.PathLike) -> None:
         drift = "n/a" if math.isnan(s.drift) else f"{s.drift:.2f}"
         drift += "" if math.isnan(s.drift_error) else f" ± {s.drift_error:.2f}"
         regret = "n/a" if math.isnan(s.regret) else f"{100 * s.regret:.1f}%"
-        ax.set_title(f"{title}: optimum drift {drift} log2, regret {regret}", fontsize=10)
+        slope = "" if math.isnan(s.exponent) else f", slope {s.exponent:+.2f}"
+        slope += "" if slope == "" or math.isnan(s.exponent_se) else f" ± {s.exponent_se:.2f}"
+        ax.set_title(f"{title}: optimum drift {drift} log2{slope}, regret {regret}", fontsize=10)
         ax.set_xlabel("log2 learning rate")
         ax.grid(alpha=0.3, lw=0.4)
         ax.set_ylim(low, top)

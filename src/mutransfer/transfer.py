@@ -119,21 +119,45 @@ def lr_adjustments(config: SweepConfig) -> list[Adjustment]:
 
     found = []
     for axis, spec in dict(config.lr_exponents).items():
-        proxy, target = getattr(config, axis), getattr(config, LR_AXES[axis]) or getattr(config, axis)
+        grid = Grid.load(spec) if isinstance(spec, str) else None
+        proxy, target = _sizes(config, axis, grid)
         if target == proxy:
             continue
-        if isinstance(spec, str):
-            law = fit(Grid.load(spec))
-            if law.axis != axis:
-                raise MutransferError(
-                    f"lr_exponents.{axis}: {spec} is a grid over {law.axis}, not {axis}. Fix: a grid made "
-                    f"with several --{axis.replace('_', '-')} values."
-                )
-            outside = law.predict(target).outside
-            found.append(Adjustment(axis, proxy, target, law.exponent, spec, law.exponent_se, outside))
-        else:
+        if grid is None:
             found.append(Adjustment(axis, proxy, target, float(spec)))
+            continue
+        law = fit(grid, config.parametrization if config.parametrization in grid.parametrizations else None)
+        if law.axis != axis:
+            raise MutransferError(
+                f"lr_exponents.{axis}: {spec} is a grid over {law.axis}, not {axis}. Fix: a grid made "
+                f"with several --{axis.replace('_', '-')} values."
+            )
+        outside = law.predict(target).outside
+        found.append(Adjustment(axis, proxy, target, law.exponent, spec, law.exponent_se, outside))
     return found
+
+
+def _sizes(config: SweepConfig, axis: str, grid: Any) -> tuple[int, int]:
+    """The proxy's and the target's size along ``axis``: a training setting, or a shape keyword
+    (the grid's own width keyword, the config's depth keyword, or the one width that differs)."""
+    if axis in LR_AXES:
+        return getattr(config, axis), getattr(config, LR_AXES[axis]) or getattr(config, axis)
+    proxy, target = {**config.shape, **config.proxy}, {**config.shape, **config.target}
+    if axis == "depth":
+        key = config.depth
+    elif grid is not None and grid.axis == "width":
+        key = grid.protocol.get("width_key", "width")
+    else:
+        differ = sorted(k for k in target if isinstance(target[k], int) and target[k] != proxy.get(k))
+        key = differ[0] if len(differ) == 1 else ("width" if "width" in differ else None)
+        if key is None:
+            raise MutransferError(
+                f"lr_exponents.width: the target differs from the proxy in {differ}; which one is the "
+                "width? Fix: give a width grid file, whose protocol names its keyword."
+            )
+    if key not in proxy or key not in target:
+        raise MutransferError(f"lr_exponents.{axis}: the proxy and the target need {key!r} in their shapes.")
+    return int(proxy[key]), int(target[key])
 
 
 @dataclass(frozen=True)

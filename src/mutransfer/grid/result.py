@@ -13,6 +13,7 @@ from typing import Any
 from mutransfer.axis import TRAINING_AXES, plural
 from mutransfer.errors import MutransferError
 from mutransfer.files import jsonable, load_json, number, save_json
+from mutransfer.fit import fit_power_law
 from mutransfer.parametrizations import label
 from mutransfer.text import table
 
@@ -71,6 +72,8 @@ class Summary:
     best_loss: float  # the widest width's best validation loss (grid or transfer run)
     regret: float  # transfer_loss / best_loss - 1
     sensitivity: tuple[float, ...] = ()  # per size, as ``Grid.sensitivity``
+    exponent: float = math.nan  # the optimum's slope in log2(size), fitted as mutransfer.fit does
+    exponent_se: float = math.nan  # its standard error (nan with fewer than 3 optima inside the range)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class Grid:
             best_loss=best,
             regret=regret,
             sensitivity=tuple(self.sensitivity(parametrization, w) for w in self.sizes),
+            **_slope(optima),
         )
 
     @property
@@ -316,6 +320,19 @@ def _cell_text(value: float, best: bool) -> str:
     return f"{value:.4f}{'*' if best else ' '}"
 
 
+def _slope(optima: Sequence[Optimum]) -> dict[str, float]:
+    """The trend the drift's max-minus-min misses: log2 lr* against log2 size, by least squares
+    over the optima inside the LR range (the edge's only bound theirs)."""
+    kept = [o for o in optima if o.method in ("parabola", "argmin")]
+    if len({o.size for o in kept}) < 2:
+        return {}
+    law = fit_power_law("size", [o.size for o in kept], [o.log2_lr for o in kept])
+    return {
+        "exponent": law.exponent,
+        "exponent_se": law.exponent_se if math.isfinite(law.exponent_se) else math.nan,
+    }
+
+
 def _number(value: float, spec: str) -> str:
     return "n/a" if math.isnan(value) else format(value, spec)
 
@@ -336,6 +353,9 @@ def _verdict_text(s: Summary, widths: Sequence[int], axis: str = "width") -> str
     elif not math.isnan(s.drift):
         note = " (one seed, so no error: seeds=2 or more tell a slide from noise)"
     text = f"  drift of the optimum over {plural(axis)} {widths[0]}..{widths[-1]}: {drift} log2 units{note}"
+    if not math.isnan(s.exponent):
+        error = "" if math.isnan(s.exponent_se) else f" +- {s.exponent_se:.2f}"
+        text += f"\n  slope of the optimum: {s.exponent:+.2f}{error} log2 units per doubling of {axis}"
     if not math.isnan(s.regret):
         text += (
             f"\n  regret: {axis} {widths[-1]} at {axis} {widths[0]}'s optimum 2^{s.transfer_log2_lr:.2f} "

@@ -41,7 +41,7 @@ from mutransfer.scaling.roles import parameter_layout, width_multiplier
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
-__all__ = ["HPARAMS", "LR_AXES", "ConfigError", "SweepConfig", "load_config"]
+__all__ = ["HPARAMS", "LR_AXES", "SHAPE_AXES", "ConfigError", "SweepConfig", "load_config"]
 
 # What the built-in trainer understands in [space]; any factory keyword may be searched too.
 HPARAMS = {
@@ -54,6 +54,7 @@ HPARAMS = {
 }
 METRICS = ("val_loss", "train_loss")
 LR_AXES = {"steps": "target_steps", "batch_size": "target_batch_size"}  # axis -> the target's field
+SHAPE_AXES = ("width", "depth")  # where muP's LR should not move, and a fit may say it still does
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("halving", "none")
 
@@ -148,7 +149,8 @@ class SweepConfig:
     (``batch_size``) than the proxy: an exponent ``e`` (the LR is multiplied by
     ``(target / proxy) ** e``), or a grid file over that axis to fit ``e`` from (see
     ``mutransfer fit``). muP says nothing of these axes; without an entry the LR is carried
-    unchanged."""
+    unchanged. ``width`` and ``depth`` correct what muP (CompleteP) leaves: the slide of the
+    optimum a width (depth) grid measured, between the proxy's size and the target's."""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -194,8 +196,10 @@ class SweepConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 found.append(f"{key}: must be an int >= 1, got {value!r}")
         for axis, value in dict(self.lr_exponents).items():
-            if axis not in LR_AXES:
-                found.append(f"lr_exponents.{axis}: not one of {list(LR_AXES)}")
+            if axis not in (*LR_AXES, *SHAPE_AXES):
+                found.append(f"lr_exponents.{axis}: not one of {[*LR_AXES, *SHAPE_AXES]}")
+            elif axis == "depth" and self.depth is None:
+                found.append("lr_exponents.depth: needs depth, the keyword that counts the blocks")
             elif isinstance(value, bool) or not (
                 isinstance(value, str) or (isinstance(value, int | float) and math.isfinite(value))
             ):
