@@ -345,3 +345,36 @@ def test_the_data_sets_the_vocabulary_a_factory_leaves_at_its_own_default():
                     eval_batches=1)  # fmt: skip
     mutransfer.coord_check(make, widths=[16, 32, 64], data=text, steps=1, seeds=1, batch_size=2)
     assert built and set(built) == {256}
+
+
+def test_a_per_role_grid_moves_one_roles_lr_and_holds_the_rest(data):
+    """At the base LR a per-role grid's cell is the plain grid's cell, bit for bit; elsewhere only
+    that role's learning rate moved (an output LR of 0 would leave the readout untouched)."""
+    common = dict(widths=[16, 32], data=data, shape=SHAPE, steps=10, batch_size=16, eval_batches=2)
+    lrs = [2.0**-8, 2.0**-6, 2.0**-4]
+    plain = mutransfer.grid(MLP, lrs=lrs, parametrizations=["mup"], **common)
+    output = mutransfer.grid(MLP, lrs=[2.0**-10, 2.0**-6, 2.0**-2], role="output", base_lr=2.0**-6, **common)
+    assert output.protocol["role"] == "output" and output.parametrizations == ("mup",)
+    for w in (16, 32):
+        assert output.loss("mup", w, 2.0**-6) == plain.loss("mup", w, 2.0**-6)
+        assert output.loss("mup", w, 2.0**-2) != plain.loss("mup", w, 2.0**-2)
+    assert "width x output LR (the rest at 2^-6) grid" in output.table()
+    with pytest.raises(mutransfer.MutransferError, match="give their LR as base_lr="):
+        mutransfer.grid(MLP, lrs=lrs, role="hidden", **common)
+    with pytest.raises(mutransfer.MutransferError, match="only the muP plan gives"):
+        mutransfer.grid(MLP, lrs=lrs, role="hidden", base_lr=1e-3, parametrizations=["sp", "mup"], **common)
+    with pytest.raises(mutransfer.MutransferError, match="role 'readout' unknown"):
+        mutransfer.grid(MLP, lrs=lrs, role="readout", base_lr=1e-3, **common)
+
+
+def test_roles_and_slide_benchmarks_quick_mode_run(tmp_path):
+    record, printed = run_quick("roles", tmp_path)
+    assert set(record["models"]) == {"gpt", "llama", "own"}
+    gpt = record["models"]["gpt"]
+    assert set(gpt["roles"]) == {"input", "hidden", "output", "vector"}
+    assert set(gpt["update_exponents"]) == {"input", "hidden", "output", "vector"}
+    assert "global slope" in printed
+    slide, _ = run_quick("slide", tmp_path)  # the held-out check reads roles.py's grids
+    ways = slide["models"]["gpt"]["ways"]
+    assert set(ways) >= {"muP, plain reuse", "muP + global width fit", "muP + per-role fit"}
+    assert all(w["regret"] >= 0 for w in ways.values())

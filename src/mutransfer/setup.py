@@ -30,10 +30,12 @@ from mutransfer.factory import construct, name_of
 from mutransfer.optim import lookup
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import BIASES, init_law_of
+from mutransfer.scaling.roles import Role
 from mutransfer.train import LossFn, OptimizerSpec, Run, check_budget, cross_entropy, train
 
 __all__ = [
     "MULTIPLIERS",
+    "ROLES",
     "ModelSetup",
     "TrainSetup",
     "check_device",
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 MULTIPLIERS = ("init_scale", "input_mult", "output_mult")  # tuned on the proxy, carried by muP
+ROLES = tuple(r.value for r in Role if r is not Role.FIXED)  # the roles a learning rate can follow
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +63,9 @@ class ModelSetup:
     """Name patterns initialised to zero under muP (e.g. the readout)."""
     multipliers: Mapping[str, float] = field(default_factory=dict)
     """``init_scale``, ``input_mult``, ``output_mult`` as tuned on a proxy, for muP's runs."""
+    lr_scale: Mapping[str, float] = field(default_factory=dict)
+    """Per-role LR factors on top of muP's (``{"output": 2.0}``), for muP's runs: how a
+    per-role grid moves one role's learning rate."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", dict(self.shape))
@@ -72,6 +78,13 @@ class ModelSetup:
             )
         checked = {k: check_number(v, f"multipliers.{k}", positive=True) for k, v in self.multipliers.items()}
         object.__setattr__(self, "multipliers", checked)
+        unknown_roles = sorted(set(self.lr_scale) - set(ROLES))
+        if unknown_roles:
+            raise MutransferError(
+                f"lr_scale: roles {unknown_roles} unknown; the roles are {', '.join(ROLES)}."
+            )
+        scales = {k: check_number(v, f"lr_scale.{k}", positive=True) for k, v in self.lr_scale.items()}
+        object.__setattr__(self, "lr_scale", scales)
 
     def with_data(self, data: Batches) -> ModelSetup:
         """The vocabulary or input size the data decides, where the shape leaves it open (a
@@ -103,6 +116,10 @@ class ModelSetup:
         torch.manual_seed(seed)
         model = construct(self.factory, shape, "cpu").to(training.device)
         init, lr_scale = role_multipliers(**(self.multipliers if tuned else {}), family=family)
+        if tuned:
+            lr_scale = {
+                r: lr_scale.get(r, 1.0) * self.lr_scale.get(r, 1.0) for r in {*lr_scale, *self.lr_scale}
+            }
         if plan is not None:
             options = dict(init_law=self.init_law, zero=self.zero) if tuned else {}
             plan.init_(model, scale=init, **options)
@@ -125,8 +142,8 @@ class ModelSetup:
         return model, builder(groups)
 
     def protocol(self) -> dict[str, Any]:
-        """What a saved grid records of the model (multipliers only when there are some, so
-        grids saved before they existed still resume)."""
+        """What a saved grid records of the model (multipliers and LR factors only when there
+        are some, so grids saved before they existed still resume)."""
         out = {
             "factory": name_of(self.factory),
             "shape": dict(self.shape),
@@ -135,7 +152,8 @@ class ModelSetup:
             "biases": BIASES,
             "zero": list(self.zero),
         }
-        return out | ({"multipliers": dict(self.multipliers)} if self.multipliers else {})
+        out |= {"multipliers": dict(self.multipliers)} if self.multipliers else {}
+        return out | ({"lr_scale": dict(self.lr_scale)} if self.lr_scale else {})
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,7 +23,7 @@ from mutransfer.grid.result import Cell, Grid, missing, transfer_lr, with_cell
 from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.parametrizations import label
 from mutransfer.scaling.plan import Plan
-from mutransfer.setup import ModelSetup, TrainSetup, one
+from mutransfer.setup import ROLES, ModelSetup, TrainSetup, one
 from mutransfer.train import LossFn, OptimizerSpec, check_budget, cross_entropy
 
 __all__ = ["GridProgress", "grid", "run"]
@@ -63,6 +63,8 @@ def grid(
     loss: LossFn | None = None,
     z_loss: float = 0.0,
     monitor_every: int = 0,
+    role: str | None = None,
+    base_lr: float | None = None,
     path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: GridProgress | None = None,
@@ -76,10 +78,13 @@ def grid(
     ``zero`` as in ``Plan.init_``, and ``multipliers`` (``init_scale``, ``input_mult``,
     ``output_mult``, as a sweep tunes them on the proxy) on its cells. ``lrs`` are base learning
     rates, best spaced evenly in log2. ``z_loss``: its weight (e.g. 1e-4), added to the loss
-    trained on. ``monitor_every``: record each cell's monitors (``mutransfer.monitor``: attention
-    logits, log Z, updates, gradients) every that many steps. ``path``: save after every cell
-    and resume from it.
-    ``progress`` is told before every cell.
+    trained on. ``monitor_every``: record each cell's monitors (``mutransfer.monitor``:
+    attention logits, log Z, updates, gradients) every that many steps. ``path``: save after
+    every cell and resume from it. ``progress`` is told before every cell.
+
+    ``role`` (``"output"``, ``"hidden"``, ...) makes a per-role grid: ``lrs`` are that role's
+    learning rates and every other tensor trains at ``base_lr`` (muP's rules on top of both);
+    each width's optimum and their slope say whether that role's rule holds.
 
     ``depths=`` instead of ``widths=`` makes a depth grid: ``depth_key`` varies, ``shape`` holds
     the width, and "mup" is the CompleteP plan (``residual``, ``alpha``; see ``mutransfer.plan``)
@@ -132,7 +137,7 @@ def grid(
         device=device,
     )
     return run(model, training, axis=axis, sizes=sizes, lrs=lrs, parametrizations=parametrizations, base=base,
-               path=path, progress=progress)  # fmt: skip
+               path=path, progress=progress, role=role, base_lr=base_lr)  # fmt: skip
 
 
 def run(
@@ -146,10 +151,14 @@ def run(
     base: int | None = None,
     path: str | os.PathLike | None = None,
     progress: GridProgress | None = None,
+    role: str | None = None,
+    base_lr: float | None = None,
 ) -> Grid:
-    """The grid of ``model`` trained under ``training`` at ``sizes`` along ``axis`` and at ``lrs``."""
+    """The grid of ``model`` trained under ``training`` at ``sizes`` along ``axis`` and at ``lrs``
+    (one ``role``'s, the rest at ``base_lr``, when a role is given)."""
     if parametrizations is None:
-        parametrizations = ("mup",) if axis.trains else ("sp", "mup")
+        parametrizations = ("mup",) if axis.trains or role else ("sp", "mup")
+    _check_role(role, base_lr, parametrizations)
     check_parametrizations(parametrizations, "parametrizations")
     lrs = sorted({check_number(lr, "every learning rate in lrs", positive=True) for lr in lrs})
     if len(sizes) < 2:
@@ -161,7 +170,7 @@ def run(
             f"a grid needs at least 3 positive learning rates to locate an optimum, got {lrs}. "
             "Fix: e.g. lrs=[2**k for k in range(-12, -4)]."
         )
-    cells = _Cells(model, training, axis, sizes, base, plans="mup" in parametrizations)
+    cells = _Cells(model, training, axis, sizes, base, plans="mup" in parametrizations, role=(role, base_lr))
     result = Grid(cells.protocol, tuple(sizes), tuple(lrs), tuple(parametrizations), training.seeds)
     if path is not None and Path(path).exists():
         result = _resume(Grid.load(path), result, path)
@@ -194,8 +203,10 @@ class _Cells:
         sizes: Sequence[int],
         base: int | None,
         plans: bool,
+        role: tuple[str | None, float | None] = (None, None),
     ) -> None:
         self.axis, self.training = axis, training
+        self.role, self.base_lr = role
         self.runs = {w: _run_settings(axis, w, training) for w in sizes}
         for settings in self.runs.values():  # the axis's sizes are budgets too
             check_budget(settings["steps"], settings["batch_size"], training.eval_batches, training.warmup,
@@ -235,8 +246,12 @@ class _Cells:
         if name == "sp" and self.training.family == "muon":  # Muon needs roles: the identity plan is standard
             own = self.model.shape[self.axis.width_key] if self.axis.trains else size
             plan = self.axis.plan(self.model.factory, shape, own, size)
-        built = self.model.build(
-            shape, tuned=name == "mup", plan=plan, lr=lr, training=self.training, seed=seed
+        model, run_lr = self.model, lr
+        if self.role is not None:  # the cell's LR is the role's; every other tensor's is the base LR
+            model = replace(model, lr_scale={**model.lr_scale, self.role: lr / self.base_lr})
+            run_lr = self.base_lr
+        built = model.build(
+            shape, tuned=name == "mup", plan=plan, lr=run_lr, training=self.training, seed=seed
         )
         batch = self.runs[size]
         eval_batch = self.runs[max(self.runs)]["batch_size"] if self.axis.name == "batch_size" else None
@@ -258,10 +273,33 @@ class _Cells:
         protocol["width_key"] = axis.width_key if axis.trains else axis.key
         if axis.name == "depth":
             protocol |= {"axis": "depth", "residual": list(axis.residual), "alpha": axis.alpha}
+        if self.role is not None:
+            protocol |= {"role": self.role, "base_lr": self.base_lr}
         if axis.trains:  # the swept setting is the axis; the cells' sizes say its values
             largest = self.runs[max(sizes)]["batch_size"]
             protocol |= {"axis": axis.name, axis.name: None, "eval_batch_size": largest}
         return protocol
+
+
+def _check_role(role: str | None, base_lr: float | None, parametrizations: Sequence[str]) -> None:
+    """A per-role grid needs a known role, the others' learning rate, and muP's roles."""
+    if role is None:
+        if base_lr is not None:
+            raise MutransferError("base_lr is the other tensors' LR in a per-role grid: give role= too.")
+        return
+    if role not in ROLES:
+        raise MutransferError(f"role {role!r} unknown; a per-role grid varies one of {', '.join(ROLES)}.")
+    if base_lr is None:
+        raise MutransferError(
+            f"a per-role grid varies the {role} tensors' LR and holds the others: give their LR as "
+            "base_lr= (e.g. the optimum of a width grid)."
+        )
+    check_number(base_lr, "base_lr", positive=True)
+    if "sp" in parametrizations:
+        raise MutransferError(
+            "a per-role grid needs the tensors' roles, which only the muP plan gives: "
+            "parametrizations=['mup']."
+        )
 
 
 def _several(value: Any) -> bool:

@@ -1,0 +1,199 @@
+"""Held-out proof of the width fit: fitted on widths 32..256, tried at 512, which no fit saw.
+
+    python benchmarks/slide.py                  # after roles.py; ~10 min a model on one thread
+    python benchmarks/slide.py --models own     # one model
+    python benchmarks/slide.py --quick          # tiny budgets, seconds (CI; needs roles.py --quick)
+
+Reads the grids ``roles.py`` saved (the same protocol: 200 steps of 8 x 64 bytes, Adam, warmup
+then cosine, one seed) and trains a standard-parametrization grid beside them. At width 512 it
+trains an LR scan for each parametrization (the target's own best) and then the learning rates
+each way of transferring would choose:
+
+- muP, plain reuse: the narrowest width's optimum, unchanged;
+- muP + global width fit: ``log2 lr* = a + e log2(width)`` over the muP grid's optima, at 512;
+- muP + the narrowest width's per-role factors: each role's best factor at width 32 (where it
+  lies inside the grid), as ``lr_scale``, on the reused LR: the role ratios, without a width fit;
+- muP + per-role fit: each role's factor fitted along width (``roles.py``'s per-role grids) at
+  512, on the reused LR (a role whose optima lie at the grid's edge keeps factor 1);
+- standard parametrization with its own width fit.
+
+Each is scored against its own parametrization's best at 512 (the scan's minimum, or the run
+itself when it beats the scan). Results: results/slide.json (results/slide-<model>-*.json hold
+the grids and runs, so a rerun resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import mutransfer
+from mutransfer.fit import fit
+from mutransfer.grid import Grid, transfer_lr
+from mutransfer.setup import ModelSetup, TrainSetup
+
+sys.path.insert(0, str(Path(__file__).parent))
+from roles import FULL, MODELS, QUICK, ROLES
+from transfer import RESULTS, first_available, provenance
+
+TARGET = {"full": 512, "quick": 64}
+
+
+def run_at(
+    name: str,
+    settings: dict,
+    width: int,
+    parametrization: str,
+    lr: float,
+    lr_scale: dict,
+    out: Path,
+    memo: dict,
+) -> float:
+    """The validation loss of ``name`` at ``width`` trained at ``lr`` (muP from the narrowest
+    width of the grids, with ``lr_scale`` per role), memoised in ``out``."""
+    key = f"{parametrization} {width} {lr!r} {json.dumps(lr_scale, sort_keys=True)}"
+    if key in memo:
+        return memo[key]
+    factory, shape = MODELS[name]
+    data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
+    base = settings["widths"][0]
+    shape = {**shape, "block_size": settings["block_size"]}
+    keywords = {**shape, "width": width, **({"base_d_head": None} if parametrization == "sp" else {})}
+    model = ModelSetup(factory=factory, shape=keywords, lr_scale=lr_scale)
+    training = TrainSetup(
+        data=data, steps=settings["steps"], batch_size=settings["batch_size"], eval_batches=8
+    )
+    plan = None
+    if parametrization == "mup":
+        plan = mutransfer.plan(
+            factory,
+            base={**shape, "width": base},
+            target={**shape, "width": width},
+            example=(data.batch(0, 2, seed=0)[0],),
+        )
+    built = model.build(keywords, tuned=parametrization == "mup", plan=plan, lr=lr, training=training, seed=0)
+    result = training.train(*built, seed=0)
+    memo[key] = result.val_loss
+    print(
+        f"  [{name}] {parametrization} width {width} lr 2^{math.log2(lr):.2f} {lr_scale or ''}: "
+        f"{result.val_loss:.4f}",
+        flush=True,
+    )
+    return result.val_loss
+
+
+def fitted_or_none(grid: Grid, parametrization: str):
+    """The grid's width fit, or None (said) where its optima lie at the LR range's edge."""
+    try:
+        return fit(grid, parametrization)
+    except mutransfer.MutransferError as exc:
+        print(f"  no fit ({exc}); that way reuses the narrowest optimum", flush=True)
+        return None
+
+
+def held_out(name: str, settings: dict, out: Path, target: int) -> dict:
+    factory, shape = MODELS[name]
+    mup = Grid.load(out / f"roles-{name}.json")
+    roles = {r: Grid.load(out / f"roles-{name}-{r}.json") for r in ROLES}
+    data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
+    sp = mutransfer.grid(
+        factory,
+        widths=settings["widths"],
+        lrs=list(mup.lrs),
+        parametrizations=["sp"],
+        data=data,
+        shape={**shape, "block_size": settings["block_size"]},
+        sp_shape={"base_d_head": None},
+        steps=settings["steps"],
+        batch_size=settings["batch_size"],
+        eval_batches=8,
+        path=out / f"slide-{name}-sp.json",
+    )
+    memo_path = out / f"slide-{name}-runs.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+
+    def at(p: str, lr: float, lr_scale: dict | None = None) -> float:
+        value = run_at(name, settings, target, p, lr, lr_scale or {}, out, memo)
+        memo_path.write_text(json.dumps(memo, indent=1))
+        return value
+
+    scan = {p: {math.log2(lr): at(p, lr) for lr in mup.lrs} for p in ("mup", "sp")}
+    reuse = transfer_lr(mup.optimum("mup", mup.sizes[0]))
+    law, sp_law = fitted_or_none(mup, "mup"), fitted_or_none(sp, "sp")
+    fitted = 2.0 ** law.predict(target).log2_lr if law else reuse
+    base_lr = roles[ROLES[0]].protocol["base_lr"]
+    factors, narrowest = {}, {}
+    for role, g in roles.items():
+        found = g.optimum("mup", g.sizes[0])  # the role's best factor at the narrowest width: no width fit
+        narrowest[role] = 2.0**found.log2_lr / base_lr if found.method in ("parabola", "argmin") else 1.0
+        role_law = fitted_or_none(g, "mup")  # log2 of the role's best LR along width, the rest at base_lr
+        factors[role] = 2.0 ** role_law.predict(target).log2_lr / base_lr if role_law else 1.0
+    sp_reuse = transfer_lr(sp.optimum("sp", sp.sizes[0]))
+    ways = {
+        "muP, plain reuse": ("mup", reuse, {}),
+        "muP + global width fit": ("mup", fitted, {}),
+        "muP + the narrowest width's per-role factors": ("mup", reuse, narrowest),
+        "muP + per-role fit": ("mup", reuse, factors),
+        "standard + its own width fit": (
+            "sp",
+            2.0 ** sp_law.predict(target).log2_lr if sp_law else sp_reuse,
+            {},
+        ),
+        "standard, plain reuse": ("sp", sp_reuse, {}),
+    }
+    rows = {}
+    for way, (p, lr, lr_scale) in ways.items():
+        loss = at(p, lr, lr_scale)
+        best = min(min(v for v in scan[p].values() if math.isfinite(v)), loss)
+        rows[way] = {
+            "log2_lr": math.log2(lr),
+            "lr_scale": lr_scale,
+            "loss": loss,
+            "best": best,
+            "regret": loss / best - 1,
+        }
+    return {
+        "target": target,
+        "fitted_widths": list(mup.sizes),
+        "mup_exponent": law.exponent if law else math.nan,
+        "mup_exponent_se": law.exponent_se if law else math.nan,
+        "sp_exponent": sp_law.exponent if sp_law else math.nan,
+        "sp_exponent_se": sp_law.exponent_se if sp_law else math.nan,
+        "role_factors_at_target": factors,
+        "scan": scan,
+        "ways": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["gpt", "own"])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that the script runs")
+    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
+    args = parser.parse_args()
+    out = args.out or RESULTS
+    settings, target = (QUICK, TARGET["quick"]) if args.quick else (FULL, TARGET["full"])
+    start = time.monotonic()
+    models = {name: held_out(name, settings, out, target) for name in args.models}
+    for name, m in models.items():
+        print(
+            f"\n{name}: fitted on widths {m['fitted_widths']}, tried at {target}; muP slope "
+            f"{m['mup_exponent']:+.2f} +- {m['mup_exponent_se']:.2f}, standard {m['sp_exponent']:+.2f}"
+        )
+        for way, r in m["ways"].items():
+            print(
+                f"  {way:30s} lr 2^{r['log2_lr']:6.2f}  loss {r['loss']:.4f}  best {r['best']:.4f}  "
+                f"regret {100 * r['regret']:+.2f}%"
+            )
+    name = "slide-quick.json" if args.quick else "slide.json"
+    record = {**provenance(start), "models": models}
+    (out / name).write_text(json.dumps(record, indent=1, default=str))
+    print(f"results in {out / name}")
+
+
+if __name__ == "__main__":
+    main()
