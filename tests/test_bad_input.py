@@ -21,6 +21,7 @@ from torch import nn
 import mutransfer
 from mutransfer.data import TokenData
 from mutransfer.demo import DemoResult
+from mutransfer.grid import Cell
 from mutransfer.models import GPT, MLP
 from mutransfer.sweep import Range, SweepConfig
 
@@ -136,6 +137,14 @@ def plan_mlp():
     return mutransfer.plan(MLP, base={"width": 16}, target={"width": 64})
 
 
+def plain_grid(tmp_path: Path) -> Path:
+    """A grid file saved without monitors, as a user's older grids are."""
+    cell = Cell("mup", 32, 1e-3, 0, 2.0, 2.0, 1, 0.1)
+    path = tmp_path / "grid.json"
+    mutransfer.Grid({}, (32, 64), (1e-3, 1e-2, 1e-1), ("mup",), 1, (cell,)).save(path)
+    return path
+
+
 CASES: dict[str, Callable[[Path], str]] = {
     "factory-module": lambda t: cli(
         t, "plan", "nosuch.module:Model", "--base", "width=8", "--target", "width=16"
@@ -173,6 +182,24 @@ CASES: dict[str, Callable[[Path], str]] = {
         lambda: mutransfer.grid(
             MLP, widths=[16, 32], lrs=[1e-3, 1e-2, math.inf], data=mutransfer.data.digits()
         )
+    ),
+    "z-loss": lambda t: message(
+        lambda: mutransfer.grid(
+            MLP, widths=[16, 32], lrs=[1e-3, 1e-2, 1e-1], data=mutransfer.data.digits(), z_loss=-1e-4
+        )
+    ),
+    "role-grid": lambda t: message(
+        lambda: mutransfer.grid(
+            MLP,
+            widths=[16, 32],
+            lrs=[1e-3, 1e-2, 1e-1],
+            data=mutransfer.data.digits(),
+            role="readout",
+            base_lr=1e-2,
+        )
+    ),
+    "forecast-monitors": lambda t: unchanged(
+        plain_grid(t), lambda: cli(t, "forecast", "grid.json", "--to", "256")
     ),
     "lr-coord": lambda t: message(
         lambda: mutransfer.coord_check(MLP, widths=[16, 32, 64], data=mutransfer.data.digits(), lr=-1e-3)

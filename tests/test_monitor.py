@@ -278,3 +278,13 @@ def test_a_hugging_face_familys_own_qk_norm_gains_are_vectors():
 
     plan = mutransfer.plan(hf.factory(config), base={"width": 64}, target={"width": 128})
     assert {plan.roles()[f"model.layers.0.self_attn.{n}_norm.weight"] for n in "qk"} == {"vector"}
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, True])
+def test_a_monitor_refuses_a_bad_interval_and_a_grid_a_bad_monitor_every(every):
+    model = MLP(width=8, in_features=4)
+    with pytest.raises(mutransfer.MutransferError, match="every must be an int >= 1"):
+        Monitor(model, torch.optim.SGD(model.parameters(), lr=0.1), every=every)
+    if every != 0:  # 0 is "off" for a grid
+        with pytest.raises(mutransfer.MutransferError, match="monitor_every must be an int >= 0"):
+            mutransfer.grid(MLP, widths=[8, 16], lrs=[1e-3, 1e-2, 1e-1], data=digits(), monitor_every=every)

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mutransfer.errors import MutransferError
 from mutransfer.losses import log_z
 from mutransfer.scaling.attention import AttentionCall
 from mutransfer.scaling.intercept import intercept
@@ -53,7 +54,7 @@ class Monitor:
         self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10, attention: bool = True
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
+            raise MutransferError(f"every must be an int >= 1 (steps between records), got {every!r}.")
         self.model, self.optimizer, self.every, self.attention = model, optimizer, every, attention
         self.step = 0  # optimizer steps taken since the monitor was attached
         self.steps: list[int] = []
