@@ -198,6 +198,24 @@ def test_a_width_grids_slide_corrects_the_transferred_lr(swept, tmp_path):
     assert given.hparams["lr"] == pytest.approx(plain.hparams["lr"] * 8**0.1)
 
 
+def test_a_per_role_exponent_moves_only_that_roles_lr(swept, tmp_path):
+    plain = transfer(swept)
+    t = transfer(swept.with_overrides(lr_exponents={"width.output": 0.5}))
+    assert t.hparams["lr"] == plain.hparams["lr"] and t.role_factors == pytest.approx({"output": 8**0.5})
+    assert "lr of the output tensors x 2.83 for width 32 -> 256: exponent +0.500" in t.summary()
+    model = MLP(**t.shape)
+    before = {tuple(g["roles"]): g["lr"] for g in plain.param_groups(model)}
+    after = {tuple(g["roles"]): g["lr"] for g in t.param_groups(model)}
+    assert after[("output",)] == pytest.approx(before[("output",)] * 8**0.5)
+    assert {k: v for k, v in after.items() if k != ("output",)} == {
+        k: v for k, v in before.items() if k != ("output",)
+    }
+    _, optimizer = t.build()
+    assert {tuple(g["roles"]): g["lr"] for g in optimizer.param_groups} == pytest.approx(after)
+    t.save(tmp_path / "t.json")
+    assert mutransfer.load_transfer(tmp_path / "t.json").role_factors == t.role_factors
+
+
 def test_lr_exponents_are_checked_with_the_config():
     with pytest.raises(ConfigError) as info:
         SweepConfig(
@@ -206,10 +224,18 @@ def test_lr_exponents_are_checked_with_the_config():
             proxy={"width": 16},
             target={"width": 32},
             space={"lr": Range(1e-3, 1e-1, log=True)},
-            lr_exponents={"heads": 0.5, "steps": math.nan, "depth": 0.1},
+            lr_exponents={
+                "heads": 0.5,
+                "steps": math.nan,
+                "depth": 0.1,
+                "steps.hidden": 0.1,
+                "width.readout": 1,
+            },
         )
     assert "lr_exponents.heads: not one of ['steps', 'batch_size', 'width', 'depth']" in str(info.value)
     assert "lr_exponents.depth: needs depth, the keyword that counts the blocks" in str(info.value)
+    for key in ("steps.hidden", "width.readout"):
+        assert f"lr_exponents.{key}: a per-role exponent is width.<role> or depth.<role>" in str(info.value)
     assert "lr_exponents.steps: an exponent or a grid file path, got nan" in str(info.value)
 
 

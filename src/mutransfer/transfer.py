@@ -77,10 +77,11 @@ class Cost:
 
 @dataclass(frozen=True)
 class Adjustment:
-    """A training axis on which the target differs from the proxy, and the LR factor applied for
-    it: ``(target / proxy) ** exponent``. ``source`` is "given" (the config's number) or the grid
-    file it was fitted from; then ``exponent_se`` is the fit's standard error and ``outside``
-    how far the target lies beyond the sizes that grid measured (1: inside)."""
+    """An axis on which the target differs from the proxy, and the LR factor applied for it:
+    ``(target / proxy) ** exponent``, to every tensor or, with ``role``, to that muP role's only.
+    ``source`` is "given" (the config's number) or the grid file it was fitted from; then
+    ``exponent_se`` is the fit's standard error and ``outside`` how far the target lies beyond
+    the sizes that grid measured (1: inside)."""
 
     axis: str
     proxy: int
@@ -89,6 +90,7 @@ class Adjustment:
     source: str = "given"
     exponent_se: float | None = None
     outside: float | None = None
+    role: str = ""  # "": every tensor's LR
 
     @property
     def factor(self) -> float:
@@ -101,8 +103,9 @@ class Adjustment:
     def line(self) -> str:
         why = "given in the config" if self.source == "given" else f"fitted from {self.source}"
         se = f" +- {self.exponent_se:.3f}" if self.exponent_se is not None else ""
+        whose = f"lr of the {self.role} tensors" if self.role else "lr"
         text = (
-            f"lr x {self.factor:.3g} for {self.axis} {self.proxy} -> {self.target}: exponent "
+            f"{whose} x {self.factor:.3g} for {self.axis} {self.proxy} -> {self.target}: exponent "
             f"{self.exponent:+.3f}{se}, {why}"
         )
         if self.outside is not None and self.outside > 1:
@@ -118,13 +121,14 @@ def lr_adjustments(config: SweepConfig) -> list[Adjustment]:
     from mutransfer.grid import Grid
 
     found = []
-    for axis, spec in dict(config.lr_exponents).items():
+    for key, spec in dict(config.lr_exponents).items():
+        axis, _, role = key.partition(".")  # "width.hidden": the hidden tensors' LR only
         grid = Grid.load(spec) if isinstance(spec, str) else None
         proxy, target = _sizes(config, axis, grid)
         if target == proxy:
             continue
         if grid is None:
-            found.append(Adjustment(axis, proxy, target, float(spec)))
+            found.append(Adjustment(axis, proxy, target, float(spec), role=role))
             continue
         law = fit(grid, config.parametrization if config.parametrization in grid.parametrizations else None)
         if law.axis != axis:
@@ -133,7 +137,7 @@ def lr_adjustments(config: SweepConfig) -> list[Adjustment]:
                 f"with several --{axis.replace('_', '-')} values."
             )
         outside = law.predict(target).outside
-        found.append(Adjustment(axis, proxy, target, law.exponent, spec, law.exponent_se, outside))
+        found.append(Adjustment(axis, proxy, target, law.exponent, spec, law.exponent_se, outside, role))
     return found
 
 
@@ -183,12 +187,24 @@ class Transfer:
 
     def _multipliers(self) -> tuple[dict[str, float], dict[str, float]]:
         h = self.hparams
-        return role_multipliers(
+        init, lr_scale = role_multipliers(
             float(h.get("init_scale", 1.0)),
             float(h.get("input_mult", 1.0)),
             float(h.get("output_mult", 1.0)),
             self.family,
         )
+        for role, factor in self.role_factors.items():
+            lr_scale[role] = lr_scale.get(role, 1.0) * factor
+        return init, lr_scale
+
+    @property
+    def role_factors(self) -> dict[str, float]:
+        """The per-role LR factors the adjustments apply (a global one is in ``hparams["lr"]``)."""
+        factors: dict[str, float] = {}
+        for a in self.lr_adjustments:
+            if a.role:
+                factors[a.role] = factors.get(a.role, 1.0) * a.factor
+        return factors
 
     def init_(self, model: nn.Module) -> nn.Module:
         """muP init of a freshly built target model, with the tuned init multipliers."""
@@ -210,7 +226,8 @@ class Transfer:
         """The target model (from the recorded factory) and its optimizer, ready to train."""
         h = self.hparams
         model = ModelSetup(factory=load(self.factory), init_law=self.init_law, zero=self.zero,
-                           multipliers={k: float(h[k]) for k in MULTIPLIERS if k in h})  # fmt: skip
+                           multipliers={k: float(h[k]) for k in MULTIPLIERS if k in h},
+                           lr_scale=self.role_factors)  # fmt: skip
         decay = float(h.get("weight_decay", 0.0))
         training = TrainSetup(data=None, optimizer=self.optimizer, weight_decay=decay, device=device)
         return model.build(
@@ -317,7 +334,7 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
     if adjustments:
         if "lr" not in hparams:
             raise MutransferError("lr_exponents: the sweep tuned no lr to adjust.")
-        hparams["lr"] = float(hparams["lr"]) * math.prod(a.factor for a in adjustments)
+        hparams["lr"] = float(hparams["lr"]) * math.prod(a.factor for a in adjustments if not a.role)
         for a in adjustments:
             if a.extrapolates:
                 warnings.warn(a.line(), stacklevel=2)

@@ -38,6 +38,7 @@ from mutransfer.errors import MutransferError
 from mutransfer.factory import construct, keywords, load
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.scaling.roles import parameter_layout, width_multiplier
+from mutransfer.setup import ROLES
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
@@ -150,7 +151,8 @@ class SweepConfig:
     ``(target / proxy) ** e``), or a grid file over that axis to fit ``e`` from (see
     ``mutransfer fit``). muP says nothing of these axes; without an entry the LR is carried
     unchanged. ``width`` and ``depth`` correct what muP (CompleteP) leaves: the slide of the
-    optimum a width (depth) grid measured, between the proxy's size and the target's."""
+    optimum a width (depth) grid measured, between the proxy's size and the target's;
+    ``width.<role>`` (e.g. ``width.hidden``, from a per-role grid) scales that role's LR alone."""
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -195,15 +197,21 @@ class SweepConfig:
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 found.append(f"{key}: must be an int >= 1, got {value!r}")
-        for axis, value in dict(self.lr_exponents).items():
+        for key, value in dict(self.lr_exponents).items():
+            axis, dot, role = key.partition(".")
             if axis not in (*LR_AXES, *SHAPE_AXES):
                 found.append(f"lr_exponents.{axis}: not one of {[*LR_AXES, *SHAPE_AXES]}")
+            elif dot and (axis not in SHAPE_AXES or role not in ROLES):
+                found.append(
+                    f"lr_exponents.{key}: a per-role exponent is width.<role> or depth.<role>, "
+                    f"the role one of {list(ROLES)}"
+                )
             elif axis == "depth" and self.depth is None:
                 found.append("lr_exponents.depth: needs depth, the keyword that counts the blocks")
             elif isinstance(value, bool) or not (
                 isinstance(value, str) or (isinstance(value, int | float) and math.isfinite(value))
             ):
-                found.append(f"lr_exponents.{axis}: an exponent or a grid file path, got {value!r}")
+                found.append(f"lr_exponents.{key}: an exponent or a grid file path, got {value!r}")
         if self.depth is not None and not self.residual:
             found.append(
                 'residual: depth needs the residual branches, e.g. residual = ["blocks.*.attn.proj"]'
