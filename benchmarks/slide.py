@@ -1,6 +1,6 @@
 """Held-out proof of the width fit: fitted on widths 32..256, tried at 512, which no fit saw.
 
-    python benchmarks/slide.py                  # after roles.py; ~10 min a model on one thread
+    python benchmarks/slide.py                  # after roles.py; ~15 min a model and seed, one thread
     python benchmarks/slide.py --models own     # one model
     python benchmarks/slide.py --quick          # tiny budgets, seconds (CI; needs roles.py --quick)
 
@@ -17,8 +17,9 @@ each way of transferring would choose:
   512, on the reused LR (a role whose optima lie at the grid's edge keeps factor 1);
 - standard parametrization with its own width fit.
 
-Each is scored against its own parametrization's best at 512 (the scan's minimum, or the run
-itself when it beats the scan). Results: results/slide.json (results/slide-<model>-*.json hold
+Each is scored, seed by seed (2 by default), against its own parametrization's best at 512 for
+that seed (the scan's minimum, or the run itself when it beats the scan): the mean regret and its
+standard error. Results: results/slide.json (results/slide-<model>-*.json hold
 the grids and runs, so a rerun resumes).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -44,6 +46,7 @@ TARGET = {"full": 512, "quick": 64}
 
 
 def run_at(
+    seed: int,
     name: str,
     settings: dict,
     width: int,
@@ -55,7 +58,9 @@ def run_at(
 ) -> float:
     """The validation loss of ``name`` at ``width`` trained at ``lr`` (muP from the narrowest
     width of the grids, with ``lr_scale`` per role), memoised in ``out``."""
-    key = f"{parametrization} {width} {lr!r} {json.dumps(lr_scale, sort_keys=True)}"
+    key = f"{parametrization} {width} {lr!r} {json.dumps(lr_scale, sort_keys=True)}" + (
+        f" seed {seed}" if seed else ""
+    )
     if key in memo:
         return memo[key]
     factory, shape = MODELS[name]
@@ -75,11 +80,13 @@ def run_at(
             target={**shape, "width": width},
             example=(data.batch(0, 2, seed=0)[0],),
         )
-    built = model.build(keywords, tuned=parametrization == "mup", plan=plan, lr=lr, training=training, seed=0)
-    result = training.train(*built, seed=0)
+    built = model.build(
+        keywords, tuned=parametrization == "mup", plan=plan, lr=lr, training=training, seed=seed
+    )
+    result = training.train(*built, seed=seed)
     memo[key] = result.val_loss
     print(
-        f"  [{name}] {parametrization} width {width} lr 2^{math.log2(lr):.2f} {lr_scale or ''}: "
+        f"  [{name}] seed {seed} {parametrization} width {width} lr 2^{math.log2(lr):.2f} {lr_scale or ''}: "
         f"{result.val_loss:.4f}",
         flush=True,
     )
@@ -95,7 +102,7 @@ def fitted_or_none(grid: Grid, parametrization: str):
         return None
 
 
-def held_out(name: str, settings: dict, out: Path, target: int) -> dict:
+def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> dict:
     factory, shape = MODELS[name]
     mup = Grid.load(out / f"roles-{name}.json")
     roles = {r: Grid.load(out / f"roles-{name}-{r}.json") for r in ROLES}
@@ -116,12 +123,15 @@ def held_out(name: str, settings: dict, out: Path, target: int) -> dict:
     memo_path = out / f"slide-{name}-runs.json"
     memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
 
-    def at(p: str, lr: float, lr_scale: dict | None = None) -> float:
-        value = run_at(name, settings, target, p, lr, lr_scale or {}, out, memo)
+    def at(p: str, lr: float, lr_scale: dict | None = None, seed: int = 0) -> float:
+        value = run_at(seed, name, settings, target, p, lr, lr_scale or {}, out, memo)
         memo_path.write_text(json.dumps(memo, indent=1))
         return value
 
-    scan = {p: {math.log2(lr): at(p, lr) for lr in mup.lrs} for p in ("mup", "sp")}
+    # per seed: the scan (each seed's own best) and each way's loss
+    scans = [
+        {p: {math.log2(lr): at(p, lr, seed=k) for lr in mup.lrs} for p in ("mup", "sp")} for k in range(seeds)
+    ]
     reuse = transfer_lr(mup.optimum("mup", mup.sizes[0]))
     law, sp_law = fitted_or_none(mup, "mup"), fitted_or_none(sp, "sp")
     fitted = 2.0 ** law.predict(target).log2_lr if law else reuse
@@ -147,15 +157,17 @@ def held_out(name: str, settings: dict, out: Path, target: int) -> dict:
     }
     rows = {}
     for way, (p, lr, lr_scale) in ways.items():
-        loss = at(p, lr, lr_scale)
-        best = min(min(v for v in scan[p].values() if math.isfinite(v)), loss)
-        rows[way] = {
-            "log2_lr": math.log2(lr),
-            "lr_scale": lr_scale,
-            "loss": loss,
-            "best": best,
-            "regret": loss / best - 1,
-        }
+        losses = [at(p, lr, lr_scale, seed=k) for k in range(seeds)]
+        # each seed's regret against its own scan's best at 512 (the way's run counts when it beats it)
+        bests = [
+            min(min(v for v in scans[k][p].values() if math.isfinite(v)), losses[k]) for k in range(seeds)
+        ]
+        regrets = [loss / best - 1 for loss, best in zip(losses, bests, strict=True)]
+        mean = sum(regrets) / seeds
+        se = statistics.stdev(regrets) / math.sqrt(seeds) if seeds > 1 else math.nan
+        rows[way] = {"log2_lr": math.log2(lr), "lr_scale": lr_scale, "losses": losses, "bests": bests,
+                     "regrets": regrets, "regret": mean, "regret_se": se,
+                     "loss": sum(losses) / seeds, "best": sum(bests) / seeds}  # fmt: skip
     return {
         "target": target,
         "fitted_widths": list(mup.sizes),
@@ -164,7 +176,8 @@ def held_out(name: str, settings: dict, out: Path, target: int) -> dict:
         "sp_exponent": sp_law.exponent if sp_law else math.nan,
         "sp_exponent_se": sp_law.exponent_se if sp_law else math.nan,
         "role_factors_at_target": factors,
-        "scan": scan,
+        "scans": scans,
+        "seeds": seeds,
         "ways": rows,
     }
 
@@ -173,12 +186,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["gpt", "own"])
     parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that the script runs")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds of the runs at the held-out width")
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
     args = parser.parse_args()
     out = args.out or RESULTS
     settings, target = (QUICK, TARGET["quick"]) if args.quick else (FULL, TARGET["full"])
     start = time.monotonic()
-    models = {name: held_out(name, settings, out, target) for name in args.models}
+    models = {name: held_out(name, settings, out, target, args.seeds) for name in args.models}
     for name, m in models.items():
         print(
             f"\n{name}: fitted on widths {m['fitted_widths']}, tried at {target}; muP slope "
@@ -186,8 +200,8 @@ def main() -> None:
         )
         for way, r in m["ways"].items():
             print(
-                f"  {way:30s} lr 2^{r['log2_lr']:6.2f}  loss {r['loss']:.4f}  best {r['best']:.4f}  "
-                f"regret {100 * r['regret']:+.2f}%"
+                f"  {way:45s} lr 2^{r['log2_lr']:6.2f}  loss {r['loss']:.4f}  best {r['best']:.4f}  "
+                f"regret {100 * r['regret']:+.2f}% +- {100 * r['regret_se']:.2f}"
             )
     name = "slide-quick.json" if args.quick else "slide.json"
     record = {**provenance(start), "models": models}
