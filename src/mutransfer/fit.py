@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from mutransfer.errors import MutransferError
 from mutransfer.files import jsonable
 
-__all__ = ["EXTRAPOLATION_WARNING", "PowerLaw", "Prediction", "fit", "fit_power_law"]
+__all__ = ["EXTRAPOLATION_WARNING", "PowerLaw", "Prediction", "fit", "fit_optima", "fit_power_law"]
 
 # beyond this factor outside the measured sizes, a prediction is an extrapolation to flag
 EXTRAPOLATION_WARNING = 10.0
@@ -150,6 +150,16 @@ def fit_power_law(axis: str, sizes: Sequence[float], log2_lrs: Sequence[float]) 
     )
 
 
+def fit_optima(axis: str, optima: Sequence) -> PowerLaw | None:
+    """The power law of a grid's optima (``Grid.optimum``) inside its LR range, those at the
+    edge named in ``left_out``; None when fewer than 2 distinct sizes are inside."""
+    kept = [o for o in optima if o.method in ("parabola", "argmin")]
+    if len({o.size for o in kept}) < 2:
+        return None
+    law = fit_power_law(axis, [o.size for o in kept], [o.log2_lr for o in kept])
+    return replace(law, left_out=tuple(o.size for o in optima if o not in kept))
+
+
 def fit(grid, parametrization: str | None = None) -> PowerLaw:
     """The power law of a grid's optima along its axis (a training axis, or width and depth,
     where muP's exponent should be near 0). ``parametrization``: default muP."""
@@ -157,13 +167,13 @@ def fit(grid, parametrization: str | None = None) -> PowerLaw:
     if name not in grid.parametrizations:
         raise MutransferError(f"this grid has no {name!r} cells; it has {list(grid.parametrizations)}.")
     optima = [grid.optimum(name, w) for w in grid.sizes]
-    kept = [o for o in optima if o.method in ("parabola", "argmin")]
-    left = tuple(o.size for o in optima if o not in kept)
-    if len(kept) < 2:
+    law = fit_optima(grid.axis, optima)
+    if law is None:
+        inside = [o.size for o in optima if o.method in ("parabola", "argmin")]
+        left = [o.size for o in optima if o.size not in inside]
         raise MutransferError(
-            f"only {len(kept)} of the {grid.axis} values {list(grid.sizes)} has an optimum inside the LR "
-            f"range (at the edge or diverged: {list(left)}); a power law needs 2 or more. Fix: extend the "
+            f"only {len(inside)} of the {grid.axis} values {list(grid.sizes)} has an optimum inside the LR "
+            f"range (at the edge or diverged: {left}); a power law needs 2 or more. Fix: extend the "
             "grid's LR range on the side where the best LR lies (the grid's table marks it 'edge')."
         )
-    law = fit_power_law(grid.axis, [o.size for o in kept], [o.log2_lr for o in kept])
-    return replace(law, left_out=left)
+    return law

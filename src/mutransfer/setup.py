@@ -71,20 +71,8 @@ class ModelSetup:
         object.__setattr__(self, "shape", dict(self.shape))
         object.__setattr__(self, "sp_shape", dict(self.sp_shape))
         object.__setattr__(self, "zero", tuple(self.zero))
-        unknown = sorted(set(self.multipliers) - set(MULTIPLIERS))
-        if unknown:
-            raise MutransferError(
-                f"multipliers: {unknown} unknown; the tunable ones are {', '.join(MULTIPLIERS)}."
-            )
-        checked = {k: check_number(v, f"multipliers.{k}", positive=True) for k, v in self.multipliers.items()}
-        object.__setattr__(self, "multipliers", checked)
-        unknown_roles = sorted(set(self.lr_scale) - set(ROLES))
-        if unknown_roles:
-            raise MutransferError(
-                f"lr_scale: roles {unknown_roles} unknown; the roles are {', '.join(ROLES)}."
-            )
-        scales = {k: check_number(v, f"lr_scale.{k}", positive=True) for k, v in self.lr_scale.items()}
-        object.__setattr__(self, "lr_scale", scales)
+        object.__setattr__(self, "multipliers", _factors(self.multipliers, "multipliers", MULTIPLIERS))
+        object.__setattr__(self, "lr_scale", _factors(self.lr_scale, "lr_scale", ROLES))
 
     def with_data(self, data: Batches) -> ModelSetup:
         """The vocabulary or input size the data decides, where the shape leaves it open (a
@@ -253,6 +241,14 @@ class TrainSetup:
             "loss": name_of(self.loss),
         }
         return out | ({"z_loss": self.z_loss} if self.z_loss else {})
+
+
+def _factors(values: Mapping[str, float], field_name: str, known: Sequence[str]) -> dict[str, float]:
+    """Positive factors under known names, refused otherwise with the names that are known."""
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise MutransferError(f"{field_name}: {unknown} unknown; the known ones are {', '.join(known)}.")
+    return {k: check_number(v, f"{field_name}.{k}", positive=True) for k, v in values.items()}
 
 
 def one(value: Any) -> Any:

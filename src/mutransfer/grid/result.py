@@ -13,7 +13,7 @@ from typing import Any
 from mutransfer.axis import TRAINING_AXES, plural
 from mutransfer.errors import MutransferError
 from mutransfer.files import jsonable, load_json, number, save_json
-from mutransfer.fit import fit_power_law
+from mutransfer.fit import fit_optima
 from mutransfer.parametrizations import label
 from mutransfer.text import table
 
@@ -322,12 +322,10 @@ def _cell_text(value: float, best: bool) -> str:
 
 
 def _slope(optima: Sequence[Optimum]) -> dict[str, float]:
-    """The trend the drift's max-minus-min misses: log2 lr* against log2 size, by least squares
-    over the optima inside the LR range (the edge's only bound theirs)."""
-    kept = [o for o in optima if o.method in ("parabola", "argmin")]
-    if len({o.size for o in kept}) < 2:
+    """The trend the drift's max-minus-min misses, fitted as ``mutransfer.fit`` fits it."""
+    law = fit_optima("size", optima)
+    if law is None:
         return {}
-    law = fit_power_law("size", [o.size for o in kept], [o.log2_lr for o in kept])
     return {
         "exponent": law.exponent,
         "exponent_se": law.exponent_se if math.isfinite(law.exponent_se) else math.nan,
