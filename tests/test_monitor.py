@@ -288,3 +288,11 @@ def test_a_monitor_refuses_a_bad_interval_and_a_grid_a_bad_monitor_every(every):
     if every != 0:  # 0 is "off" for a grid
         with pytest.raises(mutransfer.MutransferError, match="monitor_every must be an int >= 0"):
             mutransfer.grid(MLP, widths=[8, 16], lrs=[1e-3, 1e-2, 1e-1], data=digits(), monitor_every=every)
+
+
+def test_a_grid_table_says_what_rose_first_in_its_lowest_diverged_cell():
+    result = mutransfer.grid(GPT, widths=[16, 32], lrs=[1e-3, 1e-2, 100.0], data=stdlib(block_size=16),
+                             shape={"block_size": 16}, parametrizations=["sp"], optimizer="sgd", steps=10,
+                             batch_size=4, eval_batches=1, monitor_every=1)  # fmt: skip
+    table = result.table()
+    assert "standard, width 16, lr 2^6.64386: training loss nan" in table and "; before it, " in table

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-__all__ = ["LossFn", "cross_entropy", "log_z", "with_z_loss"]
+__all__ = ["LossFn", "cross_entropy", "log_z", "with_z_loss", "z_loss"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -28,13 +28,17 @@ def log_z(output: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(output.float(), dim=-1)
 
 
+def z_loss(output: torch.Tensor, weight: float) -> torch.Tensor:
+    """The z-loss term: ``weight * log_z(output) ** 2``, mean over positions."""
+    return weight * log_z(output).pow(2).mean()
+
+
 def with_z_loss(loss: LossFn, weight: float) -> LossFn:
-    """``loss`` plus ``weight * log_z(output) ** 2`` (mean over positions); ``loss`` itself when
-    ``weight`` is 0."""
+    """``loss`` plus the z-loss term; ``loss`` itself when ``weight`` is 0."""
     if not weight:
         return loss
 
-    def z_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return loss(output, target) + weight * log_z(output).pow(2).mean()
+    def plus_z_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return loss(output, target) + z_loss(output, weight)
 
-    return z_loss
+    return plus_z_loss

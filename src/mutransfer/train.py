@@ -30,7 +30,8 @@ from torch import nn
 
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
-from mutransfer.losses import LossFn, cross_entropy, log_z
+from mutransfer.losses import LossFn, cross_entropy
+from mutransfer.losses import z_loss as z_loss_term
 from mutransfer.monitor import monitoring
 from mutransfer.optim import OPTIMIZERS
 
@@ -113,8 +114,8 @@ def train(
     and ``schedule``, then return the mean loss on ``eval_batches`` validation batches (of
     ``eval_batch_size``, default ``batch_size``: runs that train on different batch sizes
     compare on the same examples when they share it). A non-finite training loss stops the run
-    and is recorded, not raised. ``z_loss`` adds ``z_loss * log_z(output) ** 2`` (mean over
-    positions) to the loss trained on, not to the losses reported. ``monitor_every`` > 0 records
+    and is recorded, not raised. ``z_loss`` adds ``mutransfer.losses.z_loss`` of that weight to
+    the loss trained on, not to the losses reported. ``monitor_every`` > 0 records
     ``mutransfer.monitor``'s monitors every that many steps (in ``Run.monitors``; a divergence
     then says which rose first). ``on_step(step, loss)`` sees every finite training loss; it may
     raise to stop the run (a pruner does)."""
@@ -160,8 +161,8 @@ def _loop(
         output = model(x)
         value = loss(output, y)
         losses.append(value.item())
-        if z_loss:
-            value = value + z_loss * log_z(output).pow(2).mean()
+        if z_loss:  # trained on, not reported
+            value = value + z_loss_term(output, z_loss)
         if not math.isfinite(losses[-1]):
             return _diverged(losses, every, start, f"training loss {losses[-1]} at step {step}")
         if on_step is not None:

@@ -367,7 +367,7 @@ def _divergence_notes(cells: Sequence[Cell], axis: str) -> list[str]:
     """For each row, the lowest LR that diverged and what its monitors saw rise first."""
     first: dict[tuple[str, int], Cell] = {}
     for c in sorted(cells, key=lambda c: c.lr):
-        if "before it" in c.diverged:
+        if c.diverged and c.monitors:  # its reason ends with what rose first
             first.setdefault((c.parametrization, c.size), c)
     return [
         f"{label(c.parametrization, axis)}, {axis} {c.size}, lr 2^{math.log2(c.lr):g}: {c.diverged}"
