@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import mutransfer
-from mutransfer.fit import fit
+from mutransfer.fit import fit_optima
 from mutransfer.grid import Grid, transfer_lr
 from mutransfer.setup import ModelSetup, TrainSetup
 
@@ -45,74 +45,61 @@ from transfer import RESULTS, first_available, provenance
 TARGET = {"full": 512, "quick": 64}
 
 
-def run_at(
-    seed: int,
-    name: str,
-    settings: dict,
-    width: int,
-    parametrization: str,
-    lr: float,
-    lr_scale: dict,
-    out: Path,
-    memo: dict,
-) -> float:
-    """The validation loss of ``name`` at ``width`` trained at ``lr`` (muP from the narrowest
-    width of the grids, with ``lr_scale`` per role), memoised in ``out``."""
-    key = f"{parametrization} {width} {lr!r} {json.dumps(lr_scale, sort_keys=True)}" + (
-        f" seed {seed}" if seed else ""
-    )
-    if key in memo:
-        return memo[key]
-    factory, shape = MODELS[name]
-    data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
-    base = settings["widths"][0]
-    shape = {**shape, "block_size": settings["block_size"]}
-    keywords = {**shape, "width": width, **({"base_d_head": None} if parametrization == "sp" else {})}
-    model = ModelSetup(factory=factory, shape=keywords, lr_scale=lr_scale)
-    training = TrainSetup(
-        data=data, steps=settings["steps"], batch_size=settings["batch_size"], eval_batches=8
-    )
-    plan = None
-    if parametrization == "mup":
-        plan = mutransfer.plan(
-            factory,
-            base={**shape, "width": base},
-            target={**shape, "width": width},
-            example=(data.batch(0, 2, seed=0)[0],),
-        )
-    built = model.build(
-        keywords, tuned=parametrization == "mup", plan=plan, lr=lr, training=training, seed=seed
-    )
-    result = training.train(*built, seed=seed)
-    memo[key] = result.val_loss
-    print(
-        f"  [{name}] seed {seed} {parametrization} width {width} lr 2^{math.log2(lr):.2f} {lr_scale or ''}: "
-        f"{result.val_loss:.4f}",
-        flush=True,
-    )
-    return result.val_loss
+class Target:
+    """Training runs of one model at the held-out width, memoised in ``path`` (a rerun resumes):
+    the data is loaded and the muP plan built once."""
+
+    def __init__(self, name: str, settings: dict, width: int, path: Path) -> None:
+        self.name, self.settings, self.width, self.path = name, settings, width, path
+        self.factory, shape = MODELS[name]
+        self.shape = {**shape, "block_size": settings["block_size"], "width": width}
+        self.data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
+        self.training = TrainSetup(data=self.data, steps=settings["steps"], batch_size=settings["batch_size"],
+                                   eval_batches=8)  # fmt: skip
+        base = {**self.shape, "width": settings["widths"][0]}
+        self.plan = mutransfer.plan(self.factory, base=base, target=self.shape,
+                                    example=(self.data.batch(0, 2, seed=0)[0],))  # fmt: skip
+        self.memo = json.loads(path.read_text()) if path.exists() else {}
+
+    def loss(self, parametrization: str, lr: float, lr_scale: dict | None = None, seed: int = 0) -> float:
+        """The validation loss at ``lr`` (muP from the narrowest grid width, with ``lr_scale``)."""
+        lr_scale = lr_scale or {}
+        key = f"{parametrization} {self.width} {lr!r} {json.dumps(lr_scale, sort_keys=True)}"
+        key += f" seed {seed}" if seed else ""
+        if key not in self.memo:
+            mup = parametrization == "mup"
+            keywords = {**self.shape, **({} if mup else {"base_d_head": None})}
+            model = ModelSetup(factory=self.factory, shape=keywords, lr_scale=lr_scale)
+            built = model.build(keywords, tuned=mup, plan=self.plan if mup else None, lr=lr,
+                                training=self.training, seed=seed)  # fmt: skip
+            self.memo[key] = self.training.train(*built, seed=seed).val_loss
+            self.path.write_text(json.dumps(self.memo, indent=1))
+            print(f"  [{self.name}] seed {seed} {parametrization} width {self.width} "
+                  f"lr 2^{math.log2(lr):.2f} {lr_scale or ''}: {self.memo[key]:.4f}", flush=True)  # fmt: skip
+        return self.memo[key]
 
 
 def fitted_or_none(grid: Grid, parametrization: str):
     """The grid's width fit, or None (said) where its optima lie at the LR range's edge."""
-    try:
-        return fit(grid, parametrization)
-    except mutransfer.MutransferError as exc:
-        print(f"  no fit ({exc}); that way reuses the narrowest optimum", flush=True)
-        return None
+    law = fit_optima(grid.axis, [grid.optimum(parametrization, w) for w in grid.sizes])
+    if law is None:
+        print(f"  no fit for {grid.protocol.get('role') or 'the grid'}: optima at the LR range's edge; "
+              "that way reuses the narrowest optimum", flush=True)  # fmt: skip
+    return law
 
 
 def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> dict:
     factory, shape = MODELS[name]
     mup = Grid.load(out / f"roles-{name}.json")
     roles = {r: Grid.load(out / f"roles-{name}-{r}.json") for r in ROLES}
-    data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
+    runs = Target(name, settings, target, out / f"slide-{name}-runs.json")
+    at = runs.loss
     sp = mutransfer.grid(
         factory,
         widths=settings["widths"],
         lrs=list(mup.lrs),
         parametrizations=["sp"],
-        data=data,
+        data=runs.data,
         shape={**shape, "block_size": settings["block_size"]},
         sp_shape={"base_d_head": None},
         steps=settings["steps"],
@@ -120,14 +107,6 @@ def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> d
         eval_batches=8,
         path=out / f"slide-{name}-sp.json",
     )
-    memo_path = out / f"slide-{name}-runs.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
-
-    def at(p: str, lr: float, lr_scale: dict | None = None, seed: int = 0) -> float:
-        value = run_at(seed, name, settings, target, p, lr, lr_scale or {}, out, memo)
-        memo_path.write_text(json.dumps(memo, indent=1))
-        return value
-
     # per seed: the scan (each seed's own best) and each way's loss
     scans = [
         {p: {math.log2(lr): at(p, lr, seed=k) for lr in mup.lrs} for p in ("mup", "sp")} for k in range(seeds)
