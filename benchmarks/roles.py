@@ -109,7 +109,7 @@ def summarize(name: str, grids: dict[str, Grid]) -> dict:
     return row
 
 
-def report(rows: dict, start: float, out: Path, quick: bool, settings: dict) -> None:
+def report(rows: dict, start: float, out: Path, quick: bool, settings: dict, seconds: float) -> None:
     print(
         f"\n{'model':6s} {'global slope':>14s}  "
         + "  ".join(f"{r:>16s}" for r in ROLES)
@@ -129,7 +129,7 @@ def report(rows: dict, start: float, out: Path, quick: bool, settings: dict) -> 
             print(f"{'':6s} relative update's exponent at the base LR: "
                   + ", ".join(f"{k} {v:+.2f}" for k, v in row["update_exponents"].items()))  # fmt: skip
     plain = {k: list(v) if isinstance(v, range) else v for k, v in settings.items()}
-    record = {**provenance(start), "settings": plain, "models": rows}
+    record = {**provenance(start), "settings": plain, "models": rows, "cell_seconds": round(seconds, 1)}
     name = "roles-quick.json" if quick else "roles.json"
     (out / name).write_text(json.dumps(record, indent=1, default=str))
     print(f"results in {out / name}")
@@ -146,13 +146,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     settings = QUICK if args.quick else FULL
     start = time.monotonic()
-    rows = {}
+    rows, seconds = {}, 0.0
     for name in MODELS if args.report else args.models:
         grids = grids_for(name, settings, out, args.report)
+        seconds += sum(c.seconds for g in grids.values() for c in g.cells)  # the training, in all
         if len(grids) == 1 + len(ROLES):
             rows[name] = summarize(name, grids)
     if args.report or set(args.models) == set(MODELS):
-        report(rows, start, out, args.quick, settings)
+        report(rows, start, out, args.quick, settings, seconds)
 
 
 if __name__ == "__main__":
