@@ -358,13 +358,24 @@ def test_a_per_role_grid_moves_one_roles_lr_and_holds_the_rest(data):
     for w in (16, 32):
         assert output.loss("mup", w, 2.0**-6) == plain.loss("mup", w, 2.0**-6)
         assert output.loss("mup", w, 2.0**-2) != plain.loss("mup", w, 2.0**-2)
-    assert "width x output LR (the rest at 2^-6) grid" in output.table()
+    assert "width x output LR (the rest at 2^-6.00) grid" in output.table()
     with pytest.raises(mutransfer.MutransferError, match="give their LR as base_lr="):
         mutransfer.grid(MLP, lrs=lrs, role="hidden", **common)
     with pytest.raises(mutransfer.MutransferError, match="only the muP plan gives"):
         mutransfer.grid(MLP, lrs=lrs, role="hidden", base_lr=1e-3, parametrizations=["sp", "mup"], **common)
     with pytest.raises(mutransfer.MutransferError, match="role 'readout' unknown"):
         mutransfer.grid(MLP, lrs=lrs, role="readout", base_lr=1e-3, **common)
+
+
+def test_the_grid_command_runs_a_per_role_grid(tmp_path, capsys):
+    args = (
+        "grid mutransfer.models:MLP --data digits --shape in_features=64 --widths 16 32 --lrs 0.001 0.01 0.1"
+    )
+    args += " --role output --base-lr 0.01 --steps 4 --eval-batches 1"
+    args = [*args.split(), "--path", str(tmp_path / "g.json"), "--out", str(tmp_path / "g.png")]
+    assert main(args) == 0
+    assert "width x output LR (the rest at 2^-6.64) grid" in capsys.readouterr().out
+    assert Grid.load(tmp_path / "g.json").protocol["role"] == "output"
 
 
 def test_roles_and_slide_benchmarks_quick_mode_run(tmp_path):

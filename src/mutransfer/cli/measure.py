@@ -21,6 +21,7 @@ from mutransfer.plot import plot_coord_check, plot_grid
 from mutransfer.scaling import plan as make_plan
 from mutransfer.scaling.init_law import INIT_LAWS
 from mutransfer.scaling.rules import FAMILIES
+from mutransfer.setup import ROLES
 from mutransfer.train import OPTIMIZERS, SCHEDULES
 
 from .options import Flags, Progress, load_data, parse_shape, renamed
@@ -126,6 +127,8 @@ def _grid(args: argparse.Namespace) -> int:
             eval_batches=args.eval_batches,
             z_loss=args.z_loss,
             monitor_every=args.monitor_every,
+            role=args.role,
+            base_lr=args.base_lr,
             path=args.path,
             progress=Progress("grid", unit="cells"),
         )
@@ -285,6 +288,9 @@ def _grid_parser(sub: Any) -> None:
     flag("z_loss", "weight of a z-loss on the output logits, e.g. 1e-4", type=float)
     flag("monitor_every", "record attention logits, log Z, updates and gradients every N steps "
          "(0: off)", type=int)  # fmt: skip
+    flag("role", "a per-role grid: the LRs are this role's, every other tensor's is --base-lr",
+         choices=list(ROLES))  # fmt: skip
+    flag("base_lr", "with --role: the other tensors' learning rate", type=float)
     flag("path", "results file, saved after every cell (default grid.json)")
     g.set_defaults(path="grid.json")
     renamed(g, "--json", "--path")

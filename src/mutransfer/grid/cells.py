@@ -292,7 +292,7 @@ def _check_role(role: str | None, base_lr: float | None, parametrizations: Seque
     if base_lr is None:
         raise MutransferError(
             f"a per-role grid varies the {role} tensors' LR and holds the others: give their LR as "
-            "base_lr= (e.g. the optimum of a width grid)."
+            "base_lr= (--base-lr; e.g. the optimum of a width grid)."
         )
     check_number(base_lr, "base_lr", positive=True)
     if "sp" in parametrizations:

@@ -180,7 +180,7 @@ class Grid:
             axis, f"{p['steps']} steps of batch {p['batch_size']}"
         )
         model = f" at {p['width_key']} {p['shape'].get(p['width_key'])}" if axis in TRAINING_AXES else ""
-        varied = f"{p['role']} LR (the rest at 2^{math.log2(p['base_lr']):g})" if p.get("role") else "LR"
+        varied = f"{p['role']} LR (the rest at 2^{math.log2(p['base_lr']):.2f})" if p.get("role") else "LR"
         lines = [
             f"{axis} x {varied} grid: {p['factory']}{model} on {p['data']}, {budget}, {p['optimizer']}, "
             f"warmup {p['warmup']:g} then {p['schedule']}; validation loss"
