@@ -15,7 +15,9 @@ each way of transferring would choose:
   lies inside the grid), as ``lr_scale``, on the reused LR: the role ratios, without a width fit;
 - muP + per-role fit: each role's factor fitted along width (``roles.py``'s per-role grids) at
   512, on the reused LR (a role whose optima lie at the grid's edge keeps factor 1);
-- standard parametrization with its own width fit.
+- standard parametrization with its own width fit;
+- u-muP (the GPT, when ``unit_scaled.py`` has saved its u-muP grid in the same protocol, two
+  seeds): plain reuse and its own width fit.
 
 Each is scored, seed by seed (2 by default), against its own parametrization's best at 512 for
 that seed (the scan's minimum, or the run itself when it beats the scan): the mean regret and its
@@ -57,8 +59,9 @@ class Target:
         self.training = TrainSetup(data=self.data, steps=settings["steps"], batch_size=settings["batch_size"],
                                    eval_batches=8)  # fmt: skip
         base = {**self.shape, "width": settings["widths"][0]}
-        self.plan = mutransfer.plan(self.factory, base=base, target=self.shape,
-                                    example=(self.data.batch(0, 2, seed=0)[0],))  # fmt: skip
+        self.example = (self.data.batch(0, 2, seed=0)[0],)
+        self.plan = mutransfer.plan(self.factory, base=base, target=self.shape, example=self.example)
+        self.unit = {"block_size": settings["block_size"], "width": width, "unit_scaled": True}
         self.memo = json.loads(path.read_text()) if path.exists() else {}
 
     def loss(self, parametrization: str, lr: float, lr_scale: dict | None = None, seed: int = 0) -> float:
@@ -69,9 +72,14 @@ class Target:
         if key not in self.memo:
             mup = parametrization == "mup"
             keywords = {**self.shape, **({} if mup else {"base_d_head": None})}
+            plan = self.plan if mup else None
+            if parametrization == "u-mup":  # the reference GPT's unit-scaled forward, u-muP's plan
+                keywords, base = self.unit, {**self.unit, "width": self.settings["widths"][0]}
+                plan = mutransfer.plan(self.factory, base=base, target=self.unit, example=self.example,
+                                       parametrization="u-mup")  # fmt: skip
             model = ModelSetup(factory=self.factory, shape=keywords, lr_scale=lr_scale)
-            built = model.build(keywords, tuned=mup, plan=self.plan if mup else None, lr=lr,
-                                training=self.training, seed=seed)  # fmt: skip
+            built = model.build(keywords, tuned=plan is not None, plan=plan, lr=lr, training=self.training,
+                                seed=seed)  # fmt: skip
             self.memo[key] = self.training.train(*built, seed=seed).val_loss
             self.path.write_text(json.dumps(self.memo, indent=1))
             print(f"  [{self.name}] seed {seed} {parametrization} width {self.width} "
@@ -134,6 +142,18 @@ def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> d
         ),
         "standard, plain reuse": ("sp", sp_reuse, {}),
     }
+    unit_path = out / "unit_scaled-grid-u-mup.json"
+    if name == "gpt" and unit_path.exists():  # u-muP's own grid, same protocol (unit_scaled.py)
+        unit = Grid.load(unit_path)
+        unit_law = fitted_or_none(unit, "u-mup")
+        unit_reuse = transfer_lr(unit.optimum("u-mup", unit.sizes[0]))
+        for k in range(seeds):
+            scans[k]["u-mup"] = {
+                math.log2(lr): at("u-mup", lr, seed=k) for lr in unit.lrs if 2**-5 <= lr <= 1
+            }
+        ways["u-muP, plain reuse"] = ("u-mup", unit_reuse, {})
+        ways["u-muP + its own width fit"] = ("u-mup", 2.0 ** unit_law.predict(target).log2_lr if unit_law
+                                             else unit_reuse, {})  # fmt: skip
     rows = {}
     for way, (p, lr, lr_scale) in ways.items():
         losses = [at(p, lr, lr_scale, seed=k) for k in range(seeds)]

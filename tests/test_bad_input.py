@@ -201,6 +201,41 @@ CASES: dict[str, Callable[[Path], str]] = {
     "forecast-monitors": lambda t: unchanged(
         plain_grid(t), lambda: cli(t, "forecast", "grid.json", "--to", "256")
     ),
+    "umup-sgd": lambda t: message(
+        lambda: mutransfer.plan(
+            GPT, base={"width": 32}, target={"width": 64}, parametrization="u-mup"
+        ).param_groups(GPT(width=64), lr=1.0, optimizer_family="sgd")
+    ),
+    "umup-widths": lambda t: cli(
+        t,
+        "plan",
+        "mutransfer.models:GPT",
+        "--target",
+        "width=64",
+        "block_size=32",
+        "--parametrization",
+        "u-mup",
+    ),
+    "alphas-not-unit": lambda t: message(
+        lambda: SweepConfig(
+            factory="mutransfer.models:GPT",
+            proxy={"width": 32},
+            target={"width": 64},
+            data="digits",
+            space={"lr": Range(1e-3, 1e-1), "alpha_attn": Range(0.5, 2.0)},
+        )
+    ),
+    "independent-lr": lambda t: message(
+        lambda: SweepConfig(
+            factory="mutransfer.models:GPT",
+            proxy={"width": 32},
+            target={"width": 64},
+            data="digits",
+            parametrization="u-mup",
+            sampler="independent",
+            space={"lr": 0.1, "alpha_attn": Range(0.5, 2.0)},
+        )
+    ),
     "lr-coord": lambda t: message(
         lambda: mutransfer.coord_check(MLP, widths=[16, 32, 64], data=mutransfer.data.digits(), lr=-1e-3)
     ),

@@ -152,7 +152,7 @@ def test_watched_modules_can_be_chosen(images):
         ({"widths": [32, 64]}, "at least 3 distinct widths"),
         ({"optimizer": "adagrad"}, "choose one of"),
         ({"modules": ["decoder.*"]}, "match no module"),
-        ({"parametrization": "ntk"}, r"must be among \['mup', 'sp'\]"),
+        ({"parametrization": "ntk"}, r"must be among \['mup', 'sp', 'u-mup'\]"),
     ],
 )
 def test_bad_input_is_named(images, kwargs, message):

@@ -385,7 +385,13 @@ def test_roles_and_slide_benchmarks_quick_mode_run(tmp_path):
     assert set(gpt["roles"]) == {"input", "hidden", "output", "vector"}
     assert set(gpt["update_exponents"]) == {"input", "hidden", "output", "vector"}
     assert "global slope" in printed
+    run_quick("unit_scaled", tmp_path, "--parts", "grids")  # its u-muP grid: the same protocol
     slide, _ = run_quick("slide", tmp_path)  # the held-out check reads roles.py's grids
     ways = slide["models"]["gpt"]["ways"]
-    assert set(ways) >= {"muP, plain reuse", "muP + global width fit", "muP + per-role fit"}
+    assert set(ways) >= {
+        "muP, plain reuse",
+        "muP + global width fit",
+        "muP + per-role fit",
+        "u-muP, plain reuse",
+    }
     assert all(w["regret"] >= 0 for w in ways.values())

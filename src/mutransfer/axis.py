@@ -37,12 +37,14 @@ def width_plan(
     base: int,
     width: int,
     example: Any = None,
+    parametrization: str = "mup",
 ) -> Plan:
-    """The muP plan from ``base`` to ``width`` with every other keyword held at ``shape``;
-    ``example``: an input the model takes, so the plan sees its attention."""
+    """The muP (or u-muP) plan from ``base`` to ``width`` with every other keyword held at
+    ``shape``; ``example``: an input the model takes, so the plan sees its attention."""
     base_shape, target = {**shape, width_key: base}, {**shape, width_key: width}
     probe = {**shape, width_key: 2 * base} if width == base else None  # roles need two widths
-    return make_plan(make_model, base=base_shape, target=target, probe=probe, example=example)
+    return make_plan(make_model, base=base_shape, target=target, probe=probe, example=example,
+                     parametrization=parametrization)  # fmt: skip
 
 
 def depth_plan(
@@ -107,15 +109,19 @@ class Axis:
         base: int,
         size: int,
         example: Any = None,
+        parametrization: str = "mup",
     ) -> Plan:
         """The plan at ``size``; over a training axis, from the base width to the model's."""
         if self.kind == "depth":
+            if parametrization == "u-mup":
+                raise MutransferError("u-muP's depth rules are not implemented: grid it over width.")
             return depth_plan(
                 make_model, shape, self.key, base, size, self.residual, self.alpha, self.width_key, example
             )
         if self.trains:
-            return width_plan(make_model, shape, self.width_key, base, shape[self.width_key], example)
-        return width_plan(make_model, shape, self.key, base, size, example)
+            width = shape[self.width_key]
+            return width_plan(make_model, shape, self.width_key, base, width, example, parametrization)
+        return width_plan(make_model, shape, self.key, base, size, example, parametrization)
 
 
 def axis_of(

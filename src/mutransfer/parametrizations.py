@@ -1,7 +1,9 @@
 """The parametrizations a check, a grid or a sweep runs, under one set of names.
 
 ``"mup"`` is the plan's (muP across width; over depth, the CompleteP plan), ``"sp"`` the model
-as its code builds it with one learning rate (standard parametrization).
+as its code builds it with one learning rate (standard parametrization), ``"u-mup"`` the
+unit-scaled muP (a plan with u-muP's absolute rules; a model that takes ``unit_scaled`` is built
+with it on).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from typing import Literal
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["NAMES", "Parametrization", "check", "label"]
+__all__ = ["NAMES", "PLANNED", "Parametrization", "check", "label"]
 
-NAMES = {"mup": "muP", "sp": "standard"}  # name -> how tables and plots say it
-Parametrization = Literal["mup", "sp"]
+NAMES = {"mup": "muP", "sp": "standard", "u-mup": "u-muP"}  # name -> how tables and plots say it
+PLANNED = ("mup", "u-mup")  # the parametrizations a plan applies (with their tuned multipliers)
+Parametrization = Literal["mup", "sp", "u-mup"]
 
 
 def label(name: str, axis: str = "width") -> str:

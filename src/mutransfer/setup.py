@@ -26,7 +26,7 @@ from torch import nn
 from mutransfer.data import factory_keywords
 from mutransfer.data.batches import Batches
 from mutransfer.errors import MutransferError, check_number
-from mutransfer.factory import construct, name_of
+from mutransfer.factory import construct, keywords, name_of
 from mutransfer.optim import lookup
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.planning import BIASES, init_law_of
@@ -82,8 +82,12 @@ class ModelSetup:
         return replace(self, shape={**filled, **self.shape})
 
     def keywords(self, parametrization: str) -> dict[str, Any]:
-        """The factory's keywords for a parametrization (the standard model's own over them)."""
-        return {**self.shape, **(self.sp_shape if parametrization == "sp" else {})}
+        """The factory's keywords for a parametrization (the standard model's own over them; for
+        u-muP, ``unit_scaled=True`` where the factory takes it)."""
+        own = self.sp_shape if parametrization == "sp" else {}
+        if parametrization == "u-mup" and "unit_scaled" in (keywords(self.factory) or ()):
+            own = {"unit_scaled": True}
+        return {**self.shape, **own}
 
     def build(
         self,
@@ -167,6 +171,8 @@ class TrainSetup:
     """Weight of the z-loss (``mutransfer.losses.log_z``); Wortsman et al. use 1e-4."""
     monitor_every: int = 0
     """Record ``mutransfer.monitor``'s monitors every this many steps (0: off, no hooks)."""
+    fp8: bool = False
+    """Every matmul in simulated FP8 (``mutransfer.fp8``: E4M3 operands, E5M2 gradients, no scaling)."""
     seeds: int = 1
     device: str | torch.device = "cpu"
 
@@ -176,6 +182,8 @@ class TrainSetup:
         check_budget(self.steps, self.batch_size, self.eval_batches, self.warmup, self.schedule)
         check_number(self.weight_decay, "weight_decay")
         check_number(self.z_loss, "z_loss")
+        if not isinstance(self.fp8, bool):
+            raise MutransferError(f"fp8 must be True or False, got {self.fp8!r}.")
         if (
             isinstance(self.monitor_every, bool)
             or not isinstance(self.monitor_every, int)
@@ -220,13 +228,14 @@ class TrainSetup:
             loss=self.loss,
             z_loss=self.z_loss,
             monitor_every=self.monitor_every,
+            fp8=self.fp8,
             device=self.device,
             on_step=on_step,
         )
 
     def protocol(self) -> dict[str, Any]:
-        """What a saved grid records of the training (the z-loss only when there is one, so
-        grids saved before it existed still resume)."""
+        """What a saved grid records of the training (the z-loss and FP8 only when set, so grids
+        saved before they existed still resume)."""
         out = {
             "data": getattr(self.data, "name", type(self.data).__name__),
             "data_fingerprint": getattr(self.data, "fingerprint", ""),
@@ -240,7 +249,7 @@ class TrainSetup:
             "eval_batches": self.eval_batches,
             "loss": name_of(self.loss),
         }
-        return out | ({"z_loss": self.z_loss} if self.z_loss else {})
+        return out | ({"z_loss": self.z_loss} if self.z_loss else {}) | ({"fp8": True} if self.fp8 else {})
 
 
 def _factors(values: Mapping[str, float], field_name: str, known: Sequence[str]) -> dict[str, float]:

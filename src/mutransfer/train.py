@@ -30,6 +30,7 @@ from torch import nn
 
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
+from mutransfer.fp8 import simulated_fp8
 from mutransfer.losses import LossFn, cross_entropy
 from mutransfer.losses import z_loss as z_loss_term
 from mutransfer.monitor import monitoring
@@ -107,6 +108,7 @@ def train(
     loss: LossFn = cross_entropy,
     z_loss: float = 0.0,
     monitor_every: int = 0,
+    fp8: bool = False,
     device: str | torch.device = "cpu",
     on_step: Callable[[int, float], None] | None = None,
 ) -> Run:
@@ -117,10 +119,11 @@ def train(
     and is recorded, not raised. ``z_loss`` adds ``mutransfer.losses.z_loss`` of that weight to
     the loss trained on, not to the losses reported. ``monitor_every`` > 0 records
     ``mutransfer.monitor``'s monitors every that many steps (in ``Run.monitors``; a divergence
-    then says which rose first). ``on_step(step, loss)`` sees every finite training loss; it may
-    raise to stop the run (a pruner does)."""
+    then says which rose first). ``fp8`` runs every matmul, training and evaluation, in simulated
+    FP8 (``mutransfer.fp8``: E4M3 operands, E5M2 gradients, a plain cast). ``on_step(step,
+    loss)`` sees every finite training loss; it may raise to stop the run (a pruner does)."""
     check_budget(steps, batch_size, eval_batches, warmup, schedule)
-    with monitoring(model, optimizer, monitor_every) as monitor:  # evaluation is not monitored
+    with monitoring(model, optimizer, monitor_every) as monitor, simulated_fp8(fp8):  # eval: not monitored
         run = _loop(model, optimizer, data, steps=steps, batch_size=batch_size, warmup=warmup,
                     schedule=schedule, seed=seed, eval_batches=eval_batches, eval_batch_size=eval_batch_size,
                     loss=loss, z_loss=z_loss, device=device, on_step=on_step)  # fmt: skip

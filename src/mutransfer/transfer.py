@@ -35,6 +35,7 @@ from mutransfer.sweep.space import Range
 from mutransfer.sweep.status import status
 from mutransfer.sweep.storage import redact
 from mutransfer.text import short
+from mutransfer.unit import ALPHAS
 
 __all__ = ["Adjustment", "Cost", "Transfer", "load_transfer", "transfer"]
 
@@ -237,12 +238,15 @@ class Transfer:
     def summary(self) -> str:
         values = ", ".join(f"{k}={short(v)}" for k, v in self.hparams.items())
         src = self.source
-        how = "muP" if self.parametrization == "mup" else "standard: values copied unchanged"
+        how = {"mup": "muP", "u-mup": "u-muP: the LR and the alphas carried unchanged"}.get(
+            self.parametrization, "standard: values copied unchanged"
+        )
+        scaled = f"width x{self.plan.width_multiplier:g}" + (
+            f", depth x{self.plan.depth.multiplier:g}" if self.plan.depth else ""
+        )
         lines = [
-            f"transfer ({how}): {dict(src.get('proxy', {}))} -> {dict(self.shape)}, "
-            f"width x{self.plan.width_multiplier:g}"
-            + (f", depth x{self.plan.depth.multiplier:g}" if self.plan.depth else "")
-            + " from the base",
+            f"transfer ({how}): {dict(src.get('proxy', {}))} -> {dict(self.shape)}"
+            + ("" if self.parametrization == "u-mup" else f", {scaled} from the base"),
             f"best proxy trial #{src.get('trial')}: {src.get('metric')} {src.get('value', math.nan):.4f}",
             f"hyperparameters: {values}",
         ]
@@ -352,12 +356,14 @@ def transfer(config: SweepConfig, *, parametrization: str | None = None) -> Tran
         target_seconds_estimate=target_flops * rate,
         flops_counted_by=experiment.flops_counted_by(experiment.target, target_batch),
     )
+    alphas = {k: v for k, v in {**fixed, **s.best_params}.items() if k in ALPHAS}  # u-muP's: width-free
+    target = {**experiment.target, **alphas}
     return Transfer(
         factory=name_of(config.factory),
-        shape=experiment.target,
+        shape=target,
         parametrization=config.parametrization,
         hparams=hparams,
-        plan=experiment.plan_for(experiment.target),
+        plan=experiment.plan_for(target),
         optimizer=config.optimizer,
         init_law=config.init_law,
         zero=tuple(config.zero),

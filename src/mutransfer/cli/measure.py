@@ -17,6 +17,7 @@ from mutransfer.fit import fit
 from mutransfer.forecast import forecast
 from mutransfer.grid import Grid, grid
 from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
+from mutransfer.parametrizations import PLANNED
 from mutransfer.plot import plot_coord_check, plot_grid
 from mutransfer.scaling import plan as make_plan
 from mutransfer.scaling.init_law import INIT_LAWS
@@ -35,13 +36,14 @@ SEVERAL = "; several values make it the grid's axis, at the one width --shape gi
 def _plan(args: argparse.Namespace) -> int:
     p = make_plan(
         load(args.factory),
-        base=parse_shape(args.base),
+        base=parse_shape(args.base) if args.base else None,
         target=parse_shape(args.target),
         depth=args.depth,
         residual=args.residual,
         alpha=args.alpha,
         init_law=args.init_law,
         overrides=parse_shape(args.overrides, "override"),
+        parametrization=args.parametrization,
     )
     print(p.summary(optimizer_family=args.optimizer_family))
     if args.out:
@@ -103,7 +105,7 @@ def _coord_check(args: argparse.Namespace) -> int:
     if args.out:
         plot_coord_check(results, args.out, measure=args.plot_measure)
         print(f"plot written to {args.out}")
-    judged = [r for r in results if r.parametrization == "mup"] or results
+    judged = [r for r in results if r.parametrization in PLANNED] or results
     return 0 if all(r.passed for r in judged) else 1
 
 
@@ -127,6 +129,7 @@ def _grid(args: argparse.Namespace) -> int:
             eval_batches=args.eval_batches,
             z_loss=args.z_loss,
             monitor_every=args.monitor_every,
+            fp8=args.fp8,
             role=args.role,
             base_lr=args.base_lr,
             path=args.path,
@@ -204,7 +207,7 @@ def _plan_parser(sub: Any) -> None:
     p = sub.add_parser("plan", help="classify a model's parameters and print the muP plan")
     flag = Flags(p, make_plan)
     p.add_argument("factory", help="module:factory, e.g. mutransfer.models:GPT")
-    p.add_argument("--base", nargs="+", required=True, metavar="KEY=VALUE", help="base shape keywords")
+    p.add_argument("--base", nargs="+", metavar="KEY=VALUE", help="base shape keywords (muP needs them)")
     p.add_argument("--target", nargs="+", required=True, metavar="KEY=VALUE", help="target shape keywords")
     flag("depth", "the keyword that sets the number of residual blocks", metavar="KEY")
     _depth_flags(flag)
@@ -220,6 +223,7 @@ def _plan_parser(sub: Any) -> None:
         metavar="PATTERN=ROLE",
         help="roles for tensors the inference cannot read, e.g. 'head=output'",
     )
+    flag("parametrization", "mup, or u-mup (unit-scaled; no base shape)", choices=["mup", "u-mup"])
     p.add_argument("--optimizer-family", default="adam", choices=FAMILIES)
     p.add_argument("--out", help="write the plan as JSON here")
     p.set_defaults(run=_plan)
@@ -240,7 +244,7 @@ def _coord_check_parser(sub: Any) -> None:
     flag("lr", "base learning rate", type=float)
     flag("batch_size", "examples per step", type=int)
     flag("z_loss", "weight of a z-loss on the output logits, e.g. 1e-4", type=float)
-    flag("parametrizations", "mup (default), sp, or sp mup side by side", nargs="+",
+    flag("parametrizations", "mup (default), sp, u-mup, or several side by side", nargs="+",
          choices=list(PARAMETRIZATIONS), metavar="P")  # fmt: skip
     renamed(c, "--compare-sp", "--parametrizations", value=["sp", "mup"])
     flag("modules", "name patterns of the points to watch (default: all)", nargs="+")
@@ -288,6 +292,8 @@ def _grid_parser(sub: Any) -> None:
     flag("z_loss", "weight of a z-loss on the output logits, e.g. 1e-4", type=float)
     flag("monitor_every", "record attention logits, log Z, updates and gradients every N steps "
          "(0: off)", type=int)  # fmt: skip
+    flag("fp8", "every matmul in simulated FP8 (E4M3 operands, E5M2 gradients, plain cast)",
+         action="store_true")  # fmt: skip
     flag("role", "a per-role grid: the LRs are this role's, every other tensor's is --base-lr",
          choices=list(ROLES))  # fmt: skip
     flag("base_lr", "with --role: the other tensors' learning rate", type=float)

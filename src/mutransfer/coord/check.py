@@ -53,10 +53,11 @@ from mutransfer.coord.verdict import judge, slope
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError, MutransferWarning, check_number
 from mutransfer.losses import with_z_loss
-from mutransfer.parametrizations import Parametrization, label
+from mutransfer.parametrizations import PLANNED, Parametrization, label
 from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
+from mutransfer.scaling.rules import EMBEDDINGS
 from mutransfer.setup import ModelSetup, TrainSetup
 from mutransfer.train import LossFn, OptimizerSpec, cross_entropy
 
@@ -180,7 +181,8 @@ def run(
     model = model.with_data(training.data)
     base = sizes[0] if base is None else base
     example = (fetch(training.data, 0, 2, seed=0)[0],)  # what the plans run on meta to find the attention
-    plans = {w: axis.plan(model.factory, model.keywords("mup"), base, w, example=example) for w in sizes}
+    kind = parametrization if parametrization in PLANNED else "mup"  # standard: muP's plan names modules
+    plans = {w: axis.plan(model.factory, model.keywords(kind), base, w, example, kind) for w in sizes}
     blocks = _Blocks(plans) if axis.name == "depth" else None
     _warn_if_unreliable(sizes, training.steps, training.seeds, axis.name)
     found = _Measured(sizes, blocks, _module_kinds(plans[sizes[-1]], blocks))
@@ -189,12 +191,12 @@ def run(
         for run_seed in range(seed, seed + training.seeds):
             if progress:
                 progress(found.runs, total, f"{axis.name} {size} seed {run_seed}")
-            plan = plans[size] if parametrization == "mup" else None
+            plan = plans[size] if parametrization in PLANNED else None
             loss_fn = with_z_loss(training.loss, training.z_loss)
             shape = {**model.keywords(parametrization), axis.key: size}
             if plan is None and training.family == "muon":  # Muon needs roles: the identity plan is standard
                 plan = axis.plan(model.factory, shape, size, size)
-            built = model.build(shape, tuned=parametrization == "mup", plan=plan, lr=lr, training=training,
+            built = model.build(shape, tuned=parametrization in PLANNED, plan=plan, lr=lr, training=training,
                                 seed=run_seed)  # fmt: skip
             found.add_init(i, _init_sizes(built[0], plans[size]))
             extra = blocks.roots(size) if blocks and modules is None else ()
@@ -203,10 +205,12 @@ def run(
                                    device=training.device, extra=extra))  # fmt: skip
     if progress:
         progress(found.runs, total, "done")
+    expected = _expected_updates(plans[sizes[-1]]) if parametrization == "u-mup" else {}
     return found.result(
         parametrization=parametrization, training=training, lr=lr, threshold=threshold, axis=axis,
         settings={"base": base, "shape": dict(model.shape), "width_key": axis.key,
                   "batch_size": training.batch_size, "seed": seed}
+        | ({"expected": expected} if expected else {})
         | ({"residual": list(axis.residual), "alpha": axis.alpha} if blocks else {}),
     )  # fmt: skip
 
@@ -244,6 +248,7 @@ class _Measured:
         self.runs += 1
 
     def result(self, *, parametrization, training, lr, threshold, axis, settings) -> CoordCheck:
+        """The averaged curves, judged (against ``settings["expected"]`` update exponents, if any)."""
         n = len(self.sizes)
         order = [p for p in self.order if all(self.series.get(f"rms:{p}", [[]] * n)[i] for i in range(n))]
         curves = {
@@ -277,10 +282,19 @@ class _Measured:
                 self.previous,
                 self.functions,
                 _init_strays(self.sizes, self.inits, order),
+                settings.get("expected"),
             ),
             settings=settings,
             axis=axis.name,
         )
+
+
+def _expected_updates(plan: Plan) -> dict[str, float]:
+    """Under u-muP the embeddings' LR falls like 1/sqrt(width) by design: their update exponent is
+    -0.5 there, and the check judges them (and the stream they feed) against that."""
+    return {
+        p.name.rsplit(".", 1)[0]: -0.5 for p in plan.params if p.role is Role.INPUT and p.layer in EMBEDDINGS
+    }
 
 
 def _init_sizes(model: nn.Module, plan: Plan) -> dict[str, float]:

@@ -28,6 +28,7 @@ from torch import nn
 from mutransfer.data.batches import Batches, fetch
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.attention import AttentionCall, AttentionLogits, logits
+from mutransfer.scaling.forward import ScaleOutput
 from mutransfer.scaling.intercept import intercept
 from mutransfer.scaling.roles import canonical_name
 
@@ -155,7 +156,7 @@ class _Points:
                 values["scale"] = float(scale) * args[0].shape[-1]
             if owns and name in self.first:  # the initial module on today's input: what the updates did
                 with interceptor.pause():
-                    before = _first_tensor(self.initial[name].forward(*args, **kwargs))
+                    before = _first_tensor(_planned_forward(self.initial[name], args, kwargs))
                 values["update"] = _rms(out_t.detach().float() - before.detach().float())
             self.record(name, out_t, values)
 
@@ -280,6 +281,16 @@ def _watched(named: dict[str, nn.Module], patterns: Sequence[str] | None) -> dic
             f"{list(named)[:6]}. Fix: use fnmatch patterns over these names, e.g. 'blocks.*.attn.*'."
         )
     return {n: m for n, m in named.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+
+
+def _planned_forward(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """The module's forward with the plan's output hooks (u-muP's weight multipliers, a depth
+    branch's factor) but not its pre-hooks: ``args`` already went through those."""
+    out = module.forward(*args, **kwargs)
+    for hook in module._forward_hooks.values():
+        if isinstance(hook, ScaleOutput):
+            out = hook(module, args, out)
+    return out
 
 
 def _owns_parameters(module: nn.Module) -> bool:

@@ -86,6 +86,12 @@ class CoordCheck:
             if m.cause or m.status == "diverged" or not any(f.cause for f in failures):
                 by_hint.setdefault(m.hint, []).append(m.name)
         lines += [f"  {', '.join(names)}: {hint}" for hint, names in by_hint.items()]
+        expected = self.settings.get("expected") or {}
+        if expected:
+            lines.append(
+                f"  judged against u-muP's own law: {', '.join(expected)} learn like width**-0.5 by design "
+                "(u-muP's embedding LR rule, 1/sqrt(width)); the exponents shown are relative to it"
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -61,13 +61,24 @@ def judge(
     previous: Mapping[str, str] | None = None,
     functions: Mapping[str, str] | None = None,
     inits: Mapping[str, tuple[str, float]] | None = None,
+    expected: Mapping[str, float] | None = None,
 ) -> tuple[ModuleCheck, ...]:
     """One ``ModuleCheck`` per point, in forward order. ``inits``: per module, the parameter whose
-    init strays furthest from muP's law, and the exponent of that stray (``init_law``)."""
+    init strays furthest from muP's law, and the exponent of that stray (``init_law``).
+    ``expected``: points whose updates and changes follow another law by design (u-muP's
+    embeddings: -0.5), judged relative to it, as is the stream point they feed."""
     previous, functions, inits = previous or {}, functions or {}, inits or {}
     diverged = _divergence(widths, loss)
     steps = len(loss[0])
     all_slopes = {name: {m: slopes(widths, curves[m].get(name, []), steps) for m in curves} for name in order}
+    offsets = dict(expected or {})
+    for name in order:  # a stream point carries what it sums: the embeddings' law
+        if name not in offsets and kinds.get(name) == "stream" and previous.get(name) in offsets:
+            offsets[name] = offsets[previous[name]]
+    for name, offset in offsets.items():
+        for m in ("change", "update"):
+            if name in all_slopes:
+                all_slopes[name][m] = [v - offset for v in all_slopes[name][m]]
     measured = []
     for name in order:
         kind = kinds.get(name, "other")

@@ -12,11 +12,12 @@ from mutransfer.coord import CoordCheck
 from mutransfer.errors import MutransferError
 from mutransfer.files import check_format, load_json, number, save_json
 from mutransfer.grid import Cell, Grid, Optimum
-from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.parametrizations import label
 from mutransfer.text import table
 
-__all__ = ["FORMAT_VERSION", "PHASES", "QUICK", "DemoResult", "Sizes"]
+__all__ = ["FORMAT_VERSION", "PARAMETRIZATIONS", "PHASES", "QUICK", "DemoResult", "Sizes"]
+
+PARAMETRIZATIONS = ("mup", "sp")  # the demo sets muP against standard parametrization
 
 FORMAT_VERSION = 2  # 2 keeps each LR scan as a grid; version 1 files still load
 PHASES = ("coordinate check", "proxy sweeps", "target runs", "LR scans")

@@ -22,12 +22,11 @@ from mutransfer.axis import Axis
 from mutransfer.coord import coord_check
 from mutransfer.data import TokenData, load_for_training
 from mutransfer.demo.page import write_report
-from mutransfer.demo.result import PHASES, QUICK, DemoResult, Sizes
+from mutransfer.demo.result import PARAMETRIZATIONS, PHASES, QUICK, DemoResult, Sizes
 from mutransfer.errors import MutransferError
 from mutransfer.files import changes
 from mutransfer.grid.cells import run as train_grid
 from mutransfer.models import GPT
-from mutransfer.parametrizations import NAMES as PARAMETRIZATIONS
 from mutransfer.parametrizations import label
 from mutransfer.setup import MULTIPLIERS, ModelSetup, TrainSetup, check_device
 from mutransfer.sweep import Range, SweepConfig, open_study, sweep

@@ -20,8 +20,8 @@ from mutransfer.errors import MutransferError, check_number
 from mutransfer.factory import construct
 from mutransfer.files import check_protocol
 from mutransfer.grid.result import Cell, Grid, missing, transfer_lr, with_cell
+from mutransfer.parametrizations import PLANNED, label
 from mutransfer.parametrizations import check as check_parametrizations
-from mutransfer.parametrizations import label
 from mutransfer.scaling.plan import Plan
 from mutransfer.setup import ROLES, ModelSetup, TrainSetup, one
 from mutransfer.train import LossFn, OptimizerSpec, check_budget, cross_entropy
@@ -63,6 +63,7 @@ def grid(
     loss: LossFn | None = None,
     z_loss: float = 0.0,
     monitor_every: int = 0,
+    fp8: bool = False,
     role: str | None = None,
     base_lr: float | None = None,
     path: str | os.PathLike | None = None,
@@ -76,10 +77,13 @@ def grid(
     model (e.g. ``{"base_d_head": None}``). muP uses the plan from ``base`` (default: the
     narrowest width, where muP and standard parametrization coincide) with ``init_law`` and
     ``zero`` as in ``Plan.init_``, and ``multipliers`` (``init_scale``, ``input_mult``,
-    ``output_mult``, as a sweep tunes them on the proxy) on its cells. ``lrs`` are base learning
+    ``output_mult``, as a sweep tunes them on the proxy) on its cells; ``"u-mup"`` among the
+    ``parametrizations`` adds u-muP (no base; ``unit_scaled=True`` where the factory takes it,
+    its alphas in ``shape``). ``lrs`` are base learning
     rates, best spaced evenly in log2. ``z_loss``: its weight (e.g. 1e-4), added to the loss
     trained on. ``monitor_every``: record each cell's monitors (``mutransfer.monitor``:
-    attention logits, log Z, updates, gradients) every that many steps. ``path``: save after
+    attention logits, log Z, updates, gradients) every that many steps. ``fp8``: every matmul in
+    simulated FP8 (``mutransfer.fp8``). ``path``: save after
     every cell and resume from it. ``progress`` is told before every cell.
 
     ``role`` (``"output"``, ``"hidden"``, ...) makes a per-role grid: ``lrs`` are that role's
@@ -133,6 +137,7 @@ def grid(
         loss=loss or cross_entropy,
         z_loss=z_loss,
         monitor_every=monitor_every,
+        fp8=fp8,
         seeds=seeds,
         device=device,
     )
@@ -170,7 +175,8 @@ def run(
             f"a grid needs at least 3 positive learning rates to locate an optimum, got {lrs}. "
             "Fix: e.g. lrs=[2**k for k in range(-12, -4)]."
         )
-    cells = _Cells(model, training, axis, sizes, base, plans="mup" in parametrizations, role=(role, base_lr))
+    planned = tuple(p for p in parametrizations if p in PLANNED)
+    cells = _Cells(model, training, axis, sizes, base, planned, role=(role, base_lr))
     result = Grid(cells.protocol, tuple(sizes), tuple(lrs), tuple(parametrizations), training.seeds)
     if path is not None and Path(path).exists():
         result = _resume(Grid.load(path), result, path)
@@ -202,7 +208,7 @@ class _Cells:
         axis: Axis,
         sizes: Sequence[int],
         base: int | None,
-        plans: bool,
+        planned: Sequence[str],
         role: tuple[str | None, float | None] = (None, None),
     ) -> None:
         self.axis, self.training = axis, training
@@ -228,11 +234,11 @@ class _Cells:
             w: w if axis.trains else _parameter_count(model.factory, self.keywords("mup", w)) for w in sizes
         }
         example = (fetch(training.data, 0, 2, seed=0)[0],)  # what the plans run to find the attention
-        self.plans = (
-            {w: axis.plan(model.factory, self.keywords("mup", w), base, w, example) for w in sizes}
-            if plans
-            else {}
-        )
+        self.plans = {
+            (name, w): axis.plan(model.factory, self.keywords(name, w), base, w, example, name)
+            for name in planned
+            for w in sizes
+        }
 
     def keywords(self, parametrization: str, size: int) -> dict[str, Any]:
         """The factory's keywords for one cell: the size's, over the parametrization's."""
@@ -242,7 +248,7 @@ class _Cells:
     def train(self, cell: tuple[str, int, float, int, bool]) -> Cell:
         name, size, lr, seed, transfer = cell
         shape = self.keywords(name, size)
-        plan: Plan | None = self.plans.get(size) if name == "mup" else None
+        plan: Plan | None = self.plans.get((name, size))
         if name == "sp" and self.training.family == "muon":  # Muon needs roles: the identity plan is standard
             own = self.model.shape[self.axis.width_key] if self.axis.trains else size
             plan = self.axis.plan(self.model.factory, shape, own, size)
@@ -251,7 +257,7 @@ class _Cells:
             model = replace(model, lr_scale={**model.lr_scale, self.role: lr / self.base_lr})
             run_lr = self.base_lr
         built = model.build(
-            shape, tuned=name == "mup", plan=plan, lr=run_lr, training=self.training, seed=seed
+            shape, tuned=name in PLANNED, plan=plan, lr=run_lr, training=self.training, seed=seed
         )
         batch = self.runs[size]
         eval_batch = self.runs[max(self.runs)]["batch_size"] if self.axis.name == "batch_size" else None

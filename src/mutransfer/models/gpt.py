@@ -8,13 +8,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mutransfer import unit
 from mutransfer.scaling.attention import AttentionLogits, attention_scale
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, n_head: int, scale: float, qk_norm: bool = False):
+    def __init__(
+        self, width: int, n_head: int, scale: float, qk_norm: bool = False, unit_scaled: bool = False
+    ):
         super().__init__()
-        self.n_head, self.scale = n_head, scale
+        self.n_head, self.scale, self.unit_scaled = n_head, scale, unit_scaled
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.proj = nn.Linear(width, width)
         self.logits = AttentionLogits()  # hook point for the coordinate check
@@ -30,19 +33,27 @@ class _Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         self.logits.observe(q, k, self.scale)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, nh, T, hd)
+        if self.unit_scaled:
+            y = unit.attention_output(y, T)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, n_head: int, scale: float, qk_norm: bool = False):
+    def __init__(self, width: int, n_head: int, scale: float, qk_norm: bool, unit_scaled: tuple | None):
         super().__init__()
         self.ln1 = nn.LayerNorm(width)
-        self.attn = _Attention(width, n_head, scale, qk_norm)
+        self.attn = _Attention(width, n_head, scale, qk_norm, unit_scaled is not None)
         self.ln2 = nn.LayerNorm(width)
         self.fc = nn.Linear(width, 4 * width)
         self.fc_proj = nn.Linear(4 * width, width)
+        self.unit = unit_scaled  # None, or (tau_attn, tau_mlp, alpha_ffn_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unit is not None:
+            tau_attn, tau_mlp, alpha = self.unit
+            x = unit.residual(x, lambda h: self.attn(self.ln1(h)), tau_attn)
+            mlp = lambda h: self.fc_proj(unit.activation(self.fc(self.ln2(h)), F.gelu, alpha))  # noqa: E731
+            return unit.residual(x, mlp, tau_mlp)
         x = x + self.attn(self.ln1(x))
         return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
 
@@ -55,6 +66,11 @@ class GPT(nn.Module):
     it the model uses the standard ``1/sqrt(d_head)``. ``tie_embeddings`` shares the token
     embedding with the readout. ``qk_norm`` normalises each head's queries and keys (a
     LayerNorm over ``d_head``), the fix for attention-logit growth at high learning rates.
+
+    ``unit_scaled`` builds u-muP's forward pass (``mutransfer.unit``): unit residual adds weighted
+    by ``alpha_res`` and ``alpha_res_attn_ratio``, ``alpha_attn / d_head`` attention logits, a
+    unit GELU of ``alpha_ffn_act``, embeddings summed at unit scale, logits times ``alpha_loss``
+    with a unit gradient. Pair it with a ``parametrization="u-mup"`` plan, which does the weights.
     """
 
     # The last module of each residual branch, for a depth plan: mutransfer.plan(..., depth="depth",
@@ -71,16 +87,31 @@ class GPT(nn.Module):
         tie_embeddings: bool = False,
         base_d_head: int | None = None,
         qk_norm: bool = False,
+        unit_scaled: bool = False,
+        alpha_res: float = 1.0,
+        alpha_res_attn_ratio: float = 1.0,
+        alpha_attn: float = 1.0,
+        alpha_ffn_act: float = 1.0,
+        alpha_loss: float = 1.0,
     ):
         super().__init__()
         if width % n_head:
             raise ValueError(f"width {width} must be a multiple of n_head {n_head}")
         d_head = width // n_head
         scale = attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head)
+        blocks = [None] * depth
+        if unit_scaled:
+            scale = alpha_attn / d_head
+            taus = unit.residual_taus(depth, alpha_res, alpha_res_attn_ratio)
+            blocks = [(taus[2 * i], taus[2 * i + 1], alpha_ffn_act) for i in range(depth)]
+        else:
+            alphas = (alpha_res, alpha_res_attn_ratio, alpha_attn, alpha_ffn_act, alpha_loss)
+            unit.check_alphas(dict(zip(unit.ALPHAS, alphas, strict=True)))
+        self.unit_scaled, self.alpha_loss = unit_scaled, alpha_loss
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, width)
         self.wpe = nn.Embedding(block_size, width)
-        self.blocks = nn.ModuleList(_Block(width, n_head, scale, qk_norm) for _ in range(depth))
+        self.blocks = nn.ModuleList(_Block(width, n_head, scale, qk_norm, b) for b in blocks)
         self.ln_f = nn.LayerNorm(width)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
         # GPT-2's embedding init (std 0.02; PyTorch's default is 1), the rest PyTorch's default:
@@ -94,6 +125,9 @@ class GPT(nn.Module):
         T = idx.shape[1]
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, width)
+        if self.unit_scaled:
+            x = x / math.sqrt(2.0)
         for block in self.blocks:
             x = block(x)
-        return self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
+        return unit.loss_input(logits, self.alpha_loss) if self.unit_scaled else logits

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mutransfer import unit
 from mutransfer.scaling.attention import AttentionLogits, attention_scale
 
 
@@ -25,9 +26,12 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class _Attention(nn.Module):
-    def __init__(self, width: int, n_head: int, n_kv_head: int, scale: float, qk_norm: bool = False):
+    def __init__(
+        self, width: int, n_head: int, n_kv_head: int, scale: float, qk_norm: bool, unit_scaled: bool
+    ):
         super().__init__()
         self.n_head, self.n_kv_head, self.d_head, self.scale = n_head, n_kv_head, width // n_head, scale
+        self.unit_scaled = unit_scaled
         self.q = nn.Linear(width, width, bias=False)
         self.kv = nn.Linear(width, 2 * n_kv_head * self.d_head, bias=False)  # keys and values of the kv heads
         self.proj = nn.Linear(width, width, bias=False)
@@ -44,23 +48,35 @@ class _Attention(nn.Module):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)  # k, v: (B, n_kv, T, hd)
         self.logits.observe(q, k, self.scale)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
+        if self.unit_scaled:
+            y = unit.attention_output(y, T)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
 class _Block(nn.Module):
-    def __init__(self, width: int, n_head: int, n_kv_head: int, hidden: int, scale: float, qk_norm: bool):
+    def __init__(
+        self, width: int, n_head: int, n_kv_head: int, hidden: int, scale: float, qk_norm: bool, unit_scaled
+    ):
         super().__init__()
         self.attn_norm = nn.RMSNorm(width)
-        self.attn = _Attention(width, n_head, n_kv_head, scale, qk_norm)
+        self.attn = _Attention(width, n_head, n_kv_head, scale, qk_norm, unit_scaled is not None)
+        self.unit = unit_scaled  # None, or (tau_attn, tau_mlp, alpha_ffn_act)
         self.mlp_norm = nn.RMSNorm(width)
         self.gate = nn.Linear(width, hidden, bias=False)
         self.up = nn.Linear(width, hidden, bias=False)
         self.down = nn.Linear(hidden, width, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        if self.unit is not None:
+            tau_attn, tau_mlp, alpha = self.unit
+            x = unit.residual(x, lambda h: self.attn(self.attn_norm(h), cos, sin), tau_attn)
+            return unit.residual(x, lambda h: self._glu(self.mlp_norm(h), alpha), tau_mlp)
         x = x + self.attn(self.attn_norm(x), cos, sin)
         h = self.mlp_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))  # SwiGLU
+
+    def _glu(self, h: torch.Tensor, alpha: float) -> torch.Tensor:
+        return self.down(unit.glu(self.up(h), self.gate(h), F.silu, alpha))
 
 
 class Llama(nn.Module):
@@ -72,7 +88,8 @@ class Llama(nn.Module):
     muP's ``1/d_head`` attention scale, as in ``GPT``. The SwiGLU hidden size is
     ``hidden_mult * width``: LLaMA's 8/3 rounded up to a whole multiple, because muP needs every
     growing dimension to grow by the same factor as the width. ``qk_norm`` RMS-normalises each
-    head's queries and keys before the rotation, as Qwen3 and OLMo 2 do.
+    head's queries and keys before the rotation, as Qwen3 and OLMo 2 do. ``unit_scaled`` and the
+    alphas build u-muP's forward pass, as in ``GPT`` (a unit SwiGLU of ``alpha_ffn_act``).
     """
 
     residual = ("blocks.*.attn.proj", "blocks.*.down")  # each residual branch's last layer
@@ -89,6 +106,12 @@ class Llama(nn.Module):
         tie_embeddings: bool = False,
         base_d_head: int | None = None,
         qk_norm: bool = False,
+        unit_scaled: bool = False,
+        alpha_res: float = 1.0,
+        alpha_res_attn_ratio: float = 1.0,
+        alpha_attn: float = 1.0,
+        alpha_ffn_act: float = 1.0,
+        alpha_loss: float = 1.0,
     ):
         super().__init__()
         if width % n_head or n_head % n_kv_head or (width // n_head) % 2:
@@ -98,10 +121,19 @@ class Llama(nn.Module):
             )
         d_head = width // n_head
         scale = attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head)
+        blocks = [None] * depth
+        if unit_scaled:
+            scale = alpha_attn / d_head
+            taus = unit.residual_taus(depth, alpha_res, alpha_res_attn_ratio)
+            blocks = [(taus[2 * i], taus[2 * i + 1], alpha_ffn_act) for i in range(depth)]
+        else:
+            alphas = (alpha_res, alpha_res_attn_ratio, alpha_attn, alpha_ffn_act, alpha_loss)
+            unit.check_alphas(dict(zip(unit.ALPHAS, alphas, strict=True)))
+        self.unit_scaled, self.alpha_loss = unit_scaled, alpha_loss
         self.block_size = block_size
         self.embed = nn.Embedding(vocab_size, width)
         self.blocks = nn.ModuleList(
-            _Block(width, n_head, n_kv_head, hidden_mult * width, scale, qk_norm) for _ in range(depth)
+            _Block(width, n_head, n_kv_head, hidden_mult * width, scale, qk_norm, b) for b in blocks
         )
         self.norm = nn.RMSNorm(width)
         self.lm_head = nn.Linear(width, vocab_size, bias=False)
@@ -118,4 +150,5 @@ class Llama(nn.Module):
         x = self.embed(idx)  # (B, T, width)
         for block in self.blocks:
             x = block(x, cos, sin)
-        return self.lm_head(self.norm(x))  # (B, T, vocab)
+        logits = self.lm_head(self.norm(x))  # (B, T, vocab)
+        return unit.loss_input(logits, self.alpha_loss) if self.unit_scaled else logits

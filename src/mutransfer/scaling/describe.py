@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 from mutransfer.scaling.roles import Role
-from mutransfer.scaling.rules import muon_takes
+from mutransfer.scaling.rules import muon_takes, unit_rule
+from mutransfer.scaling.unit_plan import folded
 from mutransfer.text import table
 
 __all__ = ["describe"]
@@ -22,6 +23,8 @@ def describe(plan: Any, optimizer_family: str = "adam") -> str:
 
     Tensors that differ only by a block number and share every factor take one row, e.g.
     ``blocks.{0..7}.attn.qkv.weight``."""
+    if plan.parametrization == "u-mup":
+        return _describe_unit(plan)
     head = ["parameter", "base -> target", "role", "m_in", "m_out", "init x", "lr x", "eps x"]
     if plan.depth is not None:
         head.insert(3, "depth")
@@ -60,6 +63,30 @@ def describe(plan: Any, optimizer_family: str = "adam") -> str:
             f"branch multiplier {d.branch_multiplier:.4g}, absorbed into the branch ends"
             + (f"; output hooks on {', '.join(d.hooked)}" if d.hooked else "")
         )
+    lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def _describe_unit(plan: Any) -> str:
+    """u-muP's table: absolute init std, the forward multiplier (hooked or folded), LR and eps."""
+    head = ["parameter", "shape", "role", "init std", "multiplier", "lr x", "eps x"]
+    rows = []
+    for p in plan.params:
+        rule = unit_rule(p)
+        init = "as built" if rule.init is None else f"{rule.init:.4g}"
+        if rule.init is None and p.name.endswith("bias"):
+            init = "0"
+        how = "hook" if rule.hooked else ("folded" if p.name in folded(plan.params) else "")
+        forward = "1" if not how else f"{rule.forward:.4g} ({how})"
+        names = p.name + "".join(f" = {a}" for a in p.aliases)
+        rows.append(
+            [names, _shape(p.target_shape), p.role.value, init, forward, f"{rule.lr:.4g}", f"{rule.eps:.4g}"]
+        )
+    lines = [f"u-muP plan at {dict(plan.target)} (no base shape), optimizer family 'adam'"]
+    lines += table([head, *_merge_repeated(rows)], rule=True)
+    for name in plan.tied_readouts:
+        lines.append(f"tied readout input scaled by 1/fan_in: {name}")
+    lines += _attention_lines(plan)
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

@@ -11,14 +11,21 @@
    cannot move into a weight) gets a ``ScaleOutput`` forward hook from ``Plan.attach_``, with
    the same life cycle as ``ScaleInput``.
 
-The third forward factor, the attention scale, is the model's own: see ``attention.py``.
+3. Under u-muP, every Linear and Conv layer's weight multiplier: a ``ScaleLayer`` forward hook
+   scales the layer's output, its bias excluded (the weights stay at unit scale, which is what
+   an FP8 cast needs), with the same life cycle.
+
+The attention scale is the model's own: see ``attention.py``.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["ScaleInput", "ScaleOutput", "plan_hooks", "readout_hooks"]
+from mutransfer.unit import scale
+
+__all__ = ["ScaleInput", "ScaleLayer", "ScaleOutput", "plan_hooks", "readout_hooks"]
 
 
 class ScaleInput:
@@ -47,6 +54,28 @@ class ScaleOutput:
 
     def __repr__(self) -> str:
         return f"ScaleOutput({self.scale:g})"
+
+
+class ScaleLayer(ScaleOutput):
+    """Forward hook giving a layer ``W x + b`` the output ``forward * (W x) + b``, with the
+    gradient of ``W x`` multiplied by ``backward`` (u-muP's weight multiplier on a unit weight).
+    ``bias_dim``: where the bias lies in the output (-1 for Linear, 1 for Conv)."""
+
+    def __init__(self, forward: float, backward: float, bias_dim: int = -1) -> None:
+        super().__init__(forward)
+        self.backward, self.bias_dim = backward, bias_dim
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        bias = getattr(module, "bias", None)
+        if not isinstance(bias, nn.Parameter | torch.Tensor):
+            return scale(output, self.scale, self.backward)
+        view = [1] * output.dim()
+        view[self.bias_dim] = -1
+        bias = bias.view(view)
+        return scale(output - bias, self.scale, self.backward) + bias
+
+    def __repr__(self) -> str:
+        return f"ScaleLayer({self.scale:.4g}, backward {self.backward:.4g})"
 
 
 def plan_hooks(model: nn.Module) -> list[tuple[str, ScaleInput | ScaleOutput]]:

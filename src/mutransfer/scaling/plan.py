@@ -43,6 +43,7 @@ from mutransfer.scaling.forward import ScaleInput, ScaleOutput, plan_hooks
 from mutransfer.scaling.init_law import InitLaw, check_init_law, user_growth
 from mutransfer.scaling.roles import ParamRole, Role, canonical_name, match_patterns, unwrap
 from mutransfer.scaling.rules import Multipliers, depth_multipliers, init_multiplier, multipliers, muon_takes
+from mutransfer.scaling.unit_plan import attach_unit_, check_unit, unit_factors, unit_hooks, unit_init_
 
 __all__ = ["Plan", "load_plan"]
 
@@ -76,6 +77,8 @@ class Plan:
     init_laws: Mapping[str, str] = field(default_factory=dict)
     attention: tuple[AttentionSite, ...] | None = None
     notes: tuple[str, ...] = ()
+    parametrization: str = "mup"
+    """``"mup"``, or ``"u-mup"``: u-muP's absolute rules (``rules.unit_rule``), no base shape."""
 
     # ---- reading -------------------------------------------------------------------------
     def __getitem__(self, name: str) -> ParamRole:
@@ -91,11 +94,16 @@ class Plan:
     @property
     def is_identity(self) -> bool:
         """True at base shape: the plan changes nothing."""
+        if self.parametrization == "u-mup":
+            return False
         same_width = self.width_multiplier == 1.0 and all(p.m_in == p.m_out == 1.0 for p in self.params)
         return same_width and not self._depth_scales()
 
     def factors(self, p: ParamRole, optimizer_family: str = "adam") -> tuple[float, Multipliers]:
-        """The init factor and the optimizer multipliers of one tensor, width and depth combined."""
+        """The init factor and the optimizer multipliers of one tensor, width and depth combined
+        (under u-muP: its absolute init std, 1 where the init is the model's, and its optimizer factors)."""
+        if self.parametrization == "u-mup":
+            return unit_factors(p, optimizer_family, self.depth)
         mult = multipliers(p, self.width_multiplier, optimizer_family)
         init = init_multiplier(p)
         if self.depth is None:
@@ -164,8 +172,11 @@ class Plan:
             )
         zeroed = match_patterns(zero, [n for p in self.params for n in p.names], "zero")
         _say_frozen(tensors, "init_ leaves them as they are")
+        if self.parametrization == "u-mup":
+            check_unit("adam", self.depth)
+            unit_init_(self.params, tensors, set(zeroed), role_scale)
         with torch.no_grad():
-            for p in self.params:
+            for p in self.params if self.parametrization == "mup" else ():
                 t = tensors[p.name]
                 if not t.requires_grad:
                     continue
@@ -200,6 +211,10 @@ class Plan:
                 "scale twice. Fix: call attach_ (or init_) once per model."
             )
         modules = {canonical_name(n): mod for n, mod in model.named_modules()}
+        if self.parametrization == "u-mup":
+            attach_unit_(modules, self.params, self.tied_readouts)
+            fix_(model, fixes)
+            return model
         for name in self.tied_readouts:
             modules[name].register_forward_pre_hook(ScaleInput(1.0 / self._readout_multiplier(name)))
         for name in self.depth.hooked if self._depth_scales() else ():
@@ -289,16 +304,9 @@ class Plan:
         from mutransfer.optim import lookup
 
         builder, family = lookup(name)  # a bad name fails before any work
-        groups = self.param_groups(
-            model,
-            lr=lr,
-            weight_decay=weight_decay,
-            eps=eps,
-            optimizer_family=family,
-            independent_weight_decay=independent_weight_decay,
-            decay_vectors=decay_vectors,
-            lr_scale=lr_scale,
-        )
+        groups = self.param_groups(model, lr=lr, weight_decay=weight_decay, eps=eps, optimizer_family=family,
+                                   independent_weight_decay=independent_weight_decay,
+                                   decay_vectors=decay_vectors, lr_scale=lr_scale)  # fmt: skip
         return builder(groups, **kwargs)
 
     # ---- reporting -----------------------------------------------------------------------
@@ -320,6 +328,7 @@ class Plan:
             "init_laws": dict(self.init_laws),
             "attention": None if self.attention is None else [s.to_dict() for s in self.attention],
             "notes": list(self.notes),
+            "parametrization": self.parametrization,
             "params": [
                 {
                     "name": p.name,
@@ -364,6 +373,7 @@ class Plan:
             if data.get("attention") is None
             else tuple(AttentionSite(**s) for s in data["attention"]),
             notes=tuple(data.get("notes", ())),
+            parametrization=data.get("parametrization", "mup"),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -380,6 +390,8 @@ class Plan:
 
     def _hooked_modules(self) -> list[str]:
         """Modules that get a forward hook from ``attach_``."""
+        if self.parametrization == "u-mup":
+            return list(unit_hooks(self.params, self.tied_readouts))
         return [*self.tied_readouts, *(self.depth.hooked if self._depth_scales() else ())]
 
     def _tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:

@@ -45,6 +45,7 @@ from mutransfer.scaling.roles import (
     tied_readouts,
     width_multiplier,
 )
+from mutransfer.scaling.unit_plan import folded
 
 __all__ = ["BIASES", "init_law_of", "plan", "plan_from_model"]
 
@@ -58,7 +59,7 @@ _EXAMPLE_TOKENS = 8  # the guessed example: this many token ids, within any posi
 def plan(
     make_model: Callable[..., nn.Module],
     *,
-    base: Mapping[str, Any],
+    base: Mapping[str, Any] | None = None,
     target: Mapping[str, Any],
     probe: Mapping[str, Any] | None = None,
     overrides: Mapping[str, str] | None = None,
@@ -68,6 +69,7 @@ def plan(
     init_law: str | None = None,
     example: Any = None,
     fix_attention: bool = True,
+    parametrization: str = "mup",
 ) -> Plan:
     """Build the muP plan for ``make_model`` between two shapes.
 
@@ -87,7 +89,27 @@ def plan(
     ``depth`` names the keyword that sets the number of residual blocks; ``residual`` lists
     name patterns of each branch's last module (``GPT.residual`` for the reference GPT) and
     ``alpha`` picks the CompleteP family member: 1 is CompleteP, 0.5 Depth-muP.
+
+    ``parametrization="u-mup"``: u-muP's rules (``mutransfer.unit``; Adam, width only), which need
+    no base shape: ``base`` may be left out (the probe then tells the roles).
     """
+    if parametrization not in ("mup", "u-mup"):
+        raise MutransferError(
+            f"parametrization must be 'mup' or 'u-mup' for a plan, got {parametrization!r}."
+        )
+    if base is None:
+        if parametrization == "mup":
+            raise MutransferError("base: required for muP (the shape where muP equals your model as built).")
+        try:  # u-muP has no base; a second width tells the roles
+            base = probe if probe is not None else _default_probe(dict(target))
+        except MutransferError:
+            raise MutransferError(
+                f"u-muP needs no base shape, but the plan must see a second width to tell which keywords "
+                f"of {dict(target)} are widths. Fix: pass base= (any other width, e.g. half the target's) or "
+                "probe=."
+            ) from None
+    if parametrization == "u-mup" and depth is not None:
+        raise MutransferError("u-muP's depth rules are not implemented. Fix: plan over width, or use 'mup'.")
     base, target = dict(base), dict(target)
     declared = check_init_law(init_law or getattr(make_model, "init_law", "measured"))
     if depth is None:
@@ -124,14 +146,40 @@ def plan(
     probe_layout = mark_linear(probe_layout, linear) if probe_layout is not None else None
     built = replace(_build(layouts[0], layouts[1], probe_layout, overrides, base, target), depth=found)
     laws: dict[str, str] = {}
-    if declared == "measured":
+    if declared == "measured" and parametrization == "mup":  # u-muP's init is absolute: no law to read
         declared, laws = _measure_init(make_model, measured_at, built, notes)
     if not fix_attention and sites:
         sites = tuple(replace(s, fix="") for s in sites)
-    built = replace(built, init_law=declared, init_laws=laws, attention=sites, notes=tuple(notes))
+    if parametrization == "u-mup":
+        declared = "fan_in" if declared == "measured" else declared
+        notes += _unit_notes(built, models[1])
+    built = replace(built, init_law=declared, init_laws=laws, attention=sites, notes=tuple(notes),
+                    parametrization=parametrization)  # fmt: skip
     _warn_attention(built)
     _warn_unseen(notes)
     return built
+
+
+def _unit_notes(built: Plan, model: nn.Module) -> list[str]:
+    """What u-muP could not do for this model, said in the plan (and warned)."""
+    notes = []
+    if not getattr(model, "unit_scaled", False):
+        notes.append(
+            "u-muP: the plan unit-scales the weights only; this model's nonlinearities, residual adds, "
+            "attention output and loss input are not unit-scaled (it has no unit_scaled = True), so "
+            "its activations and gradients will not start at scale 1 and an FP8 cast may lose them. Fix: "
+            "call mutransfer.unit's functions in its forward pass (see docs/unit-scaling.md)"
+        )
+    lost = folded(built.params)
+    if lost:
+        notes.append(
+            f"u-muP: {len(lost)} tensor(s) not in a Linear, Conv or Embedding layer ({', '.join(lost[:4])}"
+            f"{' ...' if len(lost) > 4 else ''}): their multiplier is folded into init and LR (trains the "
+            "same under Adam, but those weights are not at unit scale)"
+        )
+    for message in notes:
+        warnings.warn(message, MutransferWarning, stacklevel=4)
+    return notes
 
 
 def _warn_unseen(notes: list[str]) -> None:

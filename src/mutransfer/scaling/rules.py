@@ -37,10 +37,29 @@ for SGD; eps / a), so the forward pass stays the user's. Embeddings, the final n
 readout take no depth factor. The SGD exponent follows from the same count as Adam's: a block's
 gradient shrinks like ``a``, its step like ``lr * a`` and its effect like ``lr * a**2``, and L
 of them must add up to a step of size 1 (alpha = 1/2 gives Depth-muP's constant SGD LR).
+
+u-muP (Blake et al., ICLR 2025; Adam only) has no base shape: every factor is absolute, from the
+tensor's own fans. Every matrix starts at std 1 and takes a forward multiplier, applied by a
+hook on its layer (a Linear or Conv's output, bias excluded)::
+
+    role                  init   multiplier      backward       Adam lr        eps
+    input (embedding)     1      1               1              eta/sqrt(d)    eps
+    input (linear, conv)  1      1/sqrt(fan_in)  = multiplier   eta/sqrt(fan_in)
+    hidden                1      1/sqrt(fan_in)  = multiplier   eta/sqrt(fan_in)
+    output                1      1/fan_in        1/sqrt(fan_out) eta
+    vector                gains as built, biases 0              eta
+
+It differs from muP in two places: the embedding's LR falls like 1/sqrt(width) (muP keeps it
+constant; the paper found this transfers better), and the readout's gradient is cut to unit
+scale (its backward factor is not its forward one; Adam ignores such a constant). A tensor whose
+layer is not a Linear, Conv or Embedding cannot take a hook: its multiplier is folded into its
+init (std = multiplier) and its LR (x multiplier), with eps / multiplier, which trains the same
+under Adam (abc-symmetry) but leaves that tensor off unit scale.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -51,10 +70,12 @@ __all__ = [
     "ALPHA_RANGE",
     "FAMILIES",
     "Multipliers",
+    "UnitRule",
     "depth_multipliers",
     "init_multiplier",
     "multipliers",
     "muon_takes",
+    "unit_rule",
 ]
 
 ALPHA_RANGE = (0.5, 1.0)
@@ -141,3 +162,49 @@ def depth_multipliers(
         a = m_depth**-alpha
         init, lr, eps = a, lr * (a**2 if sgd else a), eps / a
     return init, Multipliers(lr=lr, eps=None if sgd else eps)
+
+
+@dataclass(frozen=True)
+class UnitRule:
+    """u-muP's factors for one tensor: ``init`` its std (None: as built, a bias zeroed),
+    ``forward``/``backward`` what a hook multiplies its layer's output and that output's gradient
+    by (``hooked``), ``lr`` and ``eps`` the optimizer's factors."""
+
+    init: float | None
+    forward: float = 1.0
+    backward: float = 1.0
+    lr: float = 1.0
+    eps: float = 1.0
+    hooked: bool = False
+
+
+HOOKED_LAYERS = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Conv3d")  # output = W x (+ b): a hook is exact
+EMBEDDINGS = ("Embedding", "EmbeddingBag")
+
+
+def fans(p: ParamRole) -> tuple[int, int]:
+    """(fan_in, fan_out) at the target: an embedding's fan-in is 1 (a lookup sums one row),
+    transformers' Conv1D stores (in, out), everything else PyTorch's (out, in, *kernel)."""
+    shape = p.target_shape
+    if p.layer in EMBEDDINGS:
+        return 1, shape[-1]
+    if p.layer == "Conv1D":
+        return shape[0], shape[1]
+    return math.prod(shape[1:]), shape[0]
+
+
+def unit_rule(p: ParamRole) -> UnitRule:
+    """u-muP's rule for ``p`` (the table above)."""
+    if p.role in (Role.VECTOR, Role.FIXED):
+        return UnitRule(init=None)
+    fan_in, fan_out = fans(p)
+    if p.layer in EMBEDDINGS:
+        forward = backward = 1.0
+        lr = fan_out**-0.5 if p.role is Role.INPUT else 1.0
+    elif p.role is Role.OUTPUT:
+        forward, backward, lr = 1.0 / fan_in, fan_out**-0.5, 1.0
+    else:  # hidden, or an input layer with a fixed fan-in
+        forward = backward = lr = fan_in**-0.5
+    if p.layer in EMBEDDINGS or (p.layer in HOOKED_LAYERS and not p.aliases and p.name.endswith("weight")):
+        return UnitRule(init=1.0, forward=forward, backward=backward, lr=lr, hooked=p.layer not in EMBEDDINGS)
+    return UnitRule(init=forward, lr=lr * forward, eps=1.0 / forward)  # folded: abc-symmetry under Adam

@@ -41,6 +41,7 @@ from mutransfer.scaling.roles import parameter_layout, width_multiplier
 from mutransfer.setup import ROLES
 from mutransfer.sweep.space import Range, grid_points, parse_space
 from mutransfer.train import OPTIMIZERS, SCHEDULES
+from mutransfer.unit import ALPHAS
 
 __all__ = ["HPARAMS", "LR_AXES", "SHAPE_AXES", "ConfigError", "SweepConfig", "load_config"]
 
@@ -56,7 +57,7 @@ HPARAMS = {
 METRICS = ("val_loss", "train_loss")
 LR_AXES = {"steps": "target_steps", "batch_size": "target_batch_size"}  # axis -> the target's field
 SHAPE_AXES = ("width", "depth")  # where muP's LR should not move, and a fit may say it still does
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("tpe", "random", "grid", "independent")
 PRUNERS = ("halving", "none")
 
 
@@ -87,7 +88,9 @@ class SweepConfig:
     """Keywords for the standard-parametrization model only, applied over ``shape`` when
     ``parametrization`` is ``"sp"`` (e.g. the GPT's ``{"base_d_head": None}``: 1/sqrt(d) attention)."""
     parametrization: str = "mup"
-    """``"mup"`` scales the tuned values to the target; ``"sp"`` copies them unchanged."""
+    """``"mup"`` scales the tuned values to the target; ``"sp"`` copies them unchanged; ``"u-mup"``
+    is unit-scaled muP (no base; ``unit_scaled = true`` where the factory takes it), whose LR and
+    alphas (``alpha_attn``... in ``space``, default 1) carry to the target unchanged."""
     data: str | None = None
     """A built-in offline source (stdlib, shakespeare, fashion-mnist, mnist-5k, digits); the
     built-in trainer needs one, your own training function may do without."""
@@ -107,6 +110,8 @@ class SweepConfig:
     """Weight of a z-loss on the output logits (Wortsman et al. use 1e-4); 0: none."""
     monitor_every: int = 0
     """Record the monitors every this many steps, so a diverged trial says which rose first."""
+    fp8: bool = False
+    """Every matmul in simulated FP8 (``mutransfer.fp8``: E4M3 operands, E5M2 gradients, plain cast)."""
     init_law: str | None = None
     """How the factory's own init scales with width: ``fan_in`` (PyTorch default), ``constant`` or
     ``measured``; default: what the factory declares (its ``init_law`` attribute), else measured."""
@@ -126,9 +131,11 @@ class SweepConfig:
     """Searched and fixed hyperparameters (see ``mutransfer.sweep.space``); after validation,
     ranges written as tables (``{low, high}``) are ``Range`` objects."""
     sampler: str = "tpe"
-    """``tpe`` (default), ``random``, or ``grid`` (every combination, once)."""
+    """``tpe`` (default), ``random``, ``grid`` (every combination, once), or ``independent``
+    (u-muP's independent search: ``lr`` alone over its range, each other key alone at the best
+    ``lr``, then the bests combined; see ``mutransfer.sweep.independent``)."""
     trials: int = 20
-    """Finished trials wanted (ignored by grid search, which runs the whole grid)."""
+    """Finished trials wanted (ignored by grid and independent search, which run their whole plan)."""
     pruner: str = "halving"
     """``halving``: successive halving among trials of the same proxy shape; ``none``."""
     min_steps: int | None = None
@@ -193,6 +200,14 @@ class SweepConfig:
             or self.monitor_every < 0
         ):
             found.append(f"monitor_every: an int >= 0 (0: off), got {self.monitor_every!r}")
+        if not isinstance(self.fp8, bool):
+            found.append(f"fp8: true or false, got {self.fp8!r}")
+        alphas = sorted(k for k in (*self.space, *self.shape) if k in ALPHAS)
+        if alphas and self.parametrization != "u-mup":
+            found.append(
+                f"space/shape {alphas}: u-muP's alphas act on the unit-scaled model only; set "
+                'parametrization = "u-mup" (or drop them)'
+            )
         for key in ("min_steps", "target_steps", "target_batch_size"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -246,6 +261,13 @@ class SweepConfig:
         if self.sampler == "grid" and not space_problems:
             try:
                 grid_points(space)
+            except MutransferError as exc:
+                found.append(str(exc))
+        if self.sampler == "independent" and "lr" in space and not space_problems:
+            from mutransfer.sweep.independent import plan_of  # imports Optuna: only when asked for
+
+            try:
+                plan_of(space)
             except MutransferError as exc:
                 found.append(str(exc))
         if not any(isinstance(v, Range | list) for v in space.values()):

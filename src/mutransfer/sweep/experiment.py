@@ -75,12 +75,13 @@ class Experiment:
             implied = factory_keywords(self.data, self.make_model)
         elif self.train_fn is None:
             raise MutransferError('data: the built-in trainer needs a data source, e.g. data = "digits".')
-        sp_only = config.sp_shape if config.parametrization == "sp" else {}
-        self.common = {**implied, **config.shape, **sp_only}
+        own = ModelSetup(factory=self.make_model, shape=config.shape, sp_shape=config.sp_shape)
+        self.common = {**implied, **own.keywords(config.parametrization)}  # sp's, or u-muP's unit_scaled
         self.training = TrainSetup(data=self.data, steps=config.steps, batch_size=config.batch_size,
                                    schedule=config.schedule, optimizer=config.optimizer,
                                    eval_batches=config.eval_batches, z_loss=config.z_loss,
-                                   monitor_every=config.monitor_every, device=config.device)  # fmt: skip
+                                   monitor_every=config.monitor_every, fp8=config.fp8,
+                                   device=config.device)  # fmt: skip
         self.proxy = {**self.common, **config.proxy}
         self.target = {**self.common, **config.target}
         self.base = {**self.common, **(config.base if config.base is not None else config.proxy)}
@@ -105,14 +106,17 @@ class Experiment:
 
     def plan_for(self, shape: Mapping[str, Any]) -> Plan:
         """muP from the base to ``shape``; for standard parametrization, the identity plan at
-        ``shape`` (standard by definition, and it still knows every tensor's role)."""
+        ``shape`` (standard by definition, and it still knows every tensor's role); u-muP's has no
+        base (its rules are absolute), so it is planned at ``shape`` too."""
         key = json.dumps(shape, sort_keys=True, default=str)
         if key not in self._plans:
             base = self.base if self.config.parametrization == "mup" else dict(shape)
             probe = {**base, **{k: 2 * base[k] for k in self.width_keys}} if base == dict(shape) else None
             c = self.config
             depth = {"depth": c.depth, "residual": c.residual, "alpha": c.alpha} if c.depth else {}
-            self._plans[key] = make_plan(self.make_model, base=base, target=shape, probe=probe, **depth)
+            kind = "u-mup" if c.parametrization == "u-mup" else "mup"  # standard's: the identity muP plan
+            self._plans[key] = make_plan(self.make_model, base=base, target=shape, probe=probe, **depth,
+                                         parametrization=kind)  # fmt: skip
         return self._plans[key]
 
     def flops_per_step(self, shape: Mapping[str, Any], batch_size: int | None = None) -> float:

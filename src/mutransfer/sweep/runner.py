@@ -64,6 +64,10 @@ def open_study(config: SweepConfig, *, parallel: bool = False, queue_grid: bool 
             n_startup_trials=max(2, min(10, config.trials // 3)),
             constant_liar=parallel,
         )
+    elif config.sampler == "independent":  # lr alone, each other key alone, the bests combined
+        from mutransfer.sweep.independent import IndependentSampler
+
+        sampler = IndependentSampler(config.space, seed=None if parallel else config.seed)
     else:  # grid points are queued; random fills anything else
         sampler = optuna.samplers.RandomSampler(seed=None if parallel else config.seed)
     pruner: Any = optuna.pruners.NopPruner()
@@ -98,7 +102,11 @@ def report_every(config: SweepConfig) -> int:
 
 
 def budget(config: SweepConfig) -> int:
-    """Finished trials wanted: the grid's size for grid search."""
+    """Finished trials wanted: the grid's size for grid search, the plan's for independent search."""
+    if config.sampler == "independent":
+        from mutransfer.sweep.independent import plan_of
+
+        return len(plan_of(config.space))
     return len(grid_points(config.space)) if config.sampler == "grid" else config.trials
 
 
@@ -386,6 +394,8 @@ def _protocol(config: SweepConfig) -> dict[str, Any]:
     values["biases"] = BIASES
     if config.sp_shape:  # only then, so studies saved before the field existed still resume
         values["sp_shape"] = config.sp_shape
+    if config.fp8:  # likewise
+        values["fp8"] = True
     return json.loads(json.dumps(values, default=_plain))
 
 
