@@ -22,6 +22,10 @@ the standard library), warmup then cosine, two seeds:
 - ``fp8``: the three parametrizations at widths 64 and 256 with every matmul in simulated FP8
   (``mutransfer.fp8``: E4M3 operands, E5M2 gradients, no scaling), at their own FP32 optimum and
   a factor 2 either side: the loss gap to FP32, and which diverge or stall.
+- ``embedding``: u-muP's embedding LR falls like 1/sqrt(width) where muP's is constant; a per-role
+  grid (``grid(..., role="input")``) moves the embeddings' LR alone by 2^-2 .. 2^6 on top of
+  u-muP's rule at every width, the rest at the u-muP grid's narrowest optimum (one seed): the
+  best factor's slope in width is what the rule leaves (+0.5 would mean muP's constant rule).
 - ``search``: on the u-muP proxy (width 64) the LR and the five alphas, searched by independent
   search (LR first, each alpha alone, the bests combined) and by TPE (two sampler seeds) with the
   same number of trials: the trials and FLOPs each needs to come within 0.5% of the best loss
@@ -55,7 +59,7 @@ from mutransfer.unit import ALPHAS
 sys.path.insert(0, str(Path(__file__).parent))
 from transfer import RESULTS, first_available, provenance
 
-PARTS = ("grids", "tuned", "fp8", "search")
+PARTS = ("grids", "tuned", "fp8", "search", "embedding")
 NAMES = {"sp": "standard", "mup": "muP", "u-mup": "u-muP"}
 FULL = dict(
     widths=[32, 64, 128, 256],
@@ -72,6 +76,7 @@ FULL = dict(
     tpe_seeds=[0, 1],
     lr_points=8,
     alpha_points=5,
+    embedding_log2_factors=range(-2, 7),
 )
 QUICK = dict(
     widths=[16, 32],
@@ -88,6 +93,7 @@ QUICK = dict(
     tpe_seeds=[0],
     lr_points=3,
     alpha_points=3,
+    embedding_log2_factors=[-1, 0, 1],
 )
 SHAPES = {"sp": {}, "mup": {"base_d_head": 8}, "u-mup": {}}  # muP's 1/d_head attention; u-muP's is its own
 WITHIN = 0.005  # "near the best": within 0.5%
@@ -107,38 +113,28 @@ def tell(tag: str):
     return lambda done, total, label, left: print(f"  [{tag}] {done}/{total} {label}", flush=True)
 
 
+def run_grid(s: dict, out: Path, name: str, stem: str, lrs: list[float], **extra) -> Grid:
+    """``name``'s grid of the GPT under this benchmark's protocol, saved (and resumed) as ``stem``."""
+    settings = {"widths": s["widths"], "seeds": s["seeds"], **extra, **common(s)}
+    path = out / f"unit_scaled-{stem}.json"
+    return mutransfer.grid(GPT, lrs=lrs, parametrizations=[name], shape=shape_of(name, s), path=path,
+                           progress=tell(stem), **settings)  # fmt: skip
+
+
 def grids(s: dict, out: Path) -> dict[str, Grid]:
     """One width x LR grid per parametrization (resumed from its file)."""
-    found = {}
-    for name in ("sp", "mup", "u-mup"):
-        lrs = [2.0**k for k in s["log2_lrs"][name]]
-        found[name] = mutransfer.grid(
-            GPT,
-            widths=s["widths"],
-            lrs=lrs,
-            parametrizations=[name],
-            shape=shape_of(name, s),
-            seeds=s["seeds"],
-            path=out / f"unit_scaled-grid-{name}.json",
-            progress=tell(f"grid {name}"),
-            **common(s),
-        )
-    return found
+    return {
+        n: run_grid(s, out, n, f"grid-{n}", [2.0**k for k in s["log2_lrs"][n]])
+        for n in ("sp", "mup", "u-mup")
+    }
 
 
 def sweep_config(s: dict, out: Path, study: str, **fields) -> SweepConfig:
     (out / "unit_scaled-sweeps").mkdir(parents=True, exist_ok=True)
+    budget = {k: s[k] for k in ("block_size", "steps", "batch_size", "eval_batches")}
+    storage = str(out / "unit_scaled-sweeps" / f"{study}.journal")
     return SweepConfig(
-        factory=GPT,
-        data="shakespeare",
-        block_size=s["block_size"],
-        steps=s["steps"],
-        batch_size=s["batch_size"],
-        eval_batches=s["eval_batches"],
-        pruner="none",
-        study=study,
-        storage=str(out / "unit_scaled-sweeps" / f"{study}.journal"),
-        **fields,
+        factory=GPT, data="shakespeare", pruner="none", study=study, storage=storage, **budget, **fields
     )
 
 
@@ -155,6 +151,7 @@ def trials_of(config: SweepConfig) -> list[dict]:
             "value": t.value if t.value is not None and math.isfinite(t.value) else None,
             "params": t.params,
             "flops": t.user_attrs["flops"],
+            "seconds": t.user_attrs.get("seconds", 0.0),
             "phase": t.user_attrs.get("phase", ""),
         }
         for t in sorted(done, key=lambda t: t.number)
@@ -169,34 +166,18 @@ def tuned(s: dict, out: Path) -> dict:
         "input_mult": Range(0.25, 16.0, log=True),
         "output_mult": Range(0.0625, 4.0, log=True),
     }
-    config = sweep_config(
-        s,
-        out,
-        "mup-tuned",
-        proxy={"width": s["proxy"]},
-        target={"width": s["widths"][-1]},
-        shape=shape_of("mup", s),
-        space=space,
-        trials=s["tuned_trials"],
-        seed=0,
-    )
+    shapes = {
+        "proxy": {"width": s["proxy"]},
+        "target": {"width": s["widths"][-1]},
+        "shape": shape_of("mup", s),
+    }
+    config = sweep_config(s, out, "mup-tuned", space=space, trials=s["tuned_trials"], seed=0, **shapes)
     sweep(config)
     trials = trials_of(config)
     best = min((t for t in trials if t["value"] is not None), key=lambda t: t["value"])
     multipliers = {k: float(v) for k, v in best["params"].items() if k != "lr"}
     lrs = [2.0**k for k in s["log2_lrs"]["mup"]]
-    grid = mutransfer.grid(
-        GPT,
-        widths=s["widths"],
-        lrs=lrs,
-        parametrizations=["mup"],
-        shape=shape_of("mup", s),
-        multipliers=multipliers,
-        seeds=s["seeds"],
-        path=out / "unit_scaled-grid-mup-tuned.json",
-        progress=tell("grid mup tuned"),
-        **common(s),
-    )
+    grid = run_grid(s, out, "mup", "grid-mup-tuned", lrs, multipliers=multipliers)
     return {"trials": trials, "best": best, "multipliers": multipliers, "grid": grid}
 
 
@@ -206,23 +187,20 @@ def fp8(s: dict, out: Path, found: dict[str, Grid]) -> dict[str, tuple[Grid, Gri
     pairs = {}
     for name, grid in found.items():
         best = transfer_lr(grid.optimum(name, grid.sizes[-1]))
+        lrs = [best / 2, best, best * 2]
         runs = [
-            mutransfer.grid(
-                GPT,
-                widths=s["fp8_widths"],
-                lrs=[best / 2, best, best * 2],
-                parametrizations=[name],
-                shape=shape_of(name, s),
-                seeds=s["seeds"],
-                fp8=fp8,
-                path=out / f"unit_scaled-{'fp8' if fp8 else 'fp32'}-{name}.json",
-                progress=tell(f"{'fp8' if fp8 else 'fp32'} {name}"),
-                **common(s),
-            )
-            for fp8 in (False, True)
+            run_grid(s, out, name, f"{k}-{name}", lrs, widths=s["fp8_widths"], fp8=k == "fp8")
+            for k in ("fp32", "fp8")
         ]
         pairs[name] = (runs[0], runs[1])
     return pairs
+
+
+def embedding(s: dict, out: Path, unit: Grid) -> Grid:
+    """The embeddings' LR alone, on top of u-muP's 1/sqrt(width) rule, at every width (one seed)."""
+    base_lr = transfer_lr(unit.optimum("u-mup", unit.sizes[0]))
+    lrs = [base_lr * 2.0**k for k in s["embedding_log2_factors"]]
+    return run_grid(s, out, "u-mup", "embedding", lrs, seeds=1, role="input", base_lr=base_lr)
 
 
 def search(s: dict, out: Path) -> dict:
@@ -306,12 +284,17 @@ def search_row(runs: dict) -> dict:
     return out
 
 
+def plain(value):
+    """Settings as JSON: ranges as lists, inside dicts too."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return list(value) if isinstance(value, range) else value
+
+
 def report(s: dict, found: dict, start: float, out: Path, quick: bool) -> dict:
     record = {
         **provenance(start),
-        "settings": {
-            k: ({n: list(v) for n, v in v.items()} if isinstance(v, dict) else v) for k, v in s.items()
-        },
+        "settings": {k: plain(v) for k, v in s.items()},
     }
     cells = []
     if "grids" in found:
@@ -331,7 +314,17 @@ def report(s: dict, found: dict, start: float, out: Path, quick: bool) -> dict:
         cells += [c for pair in found["fp8"].values() for g in pair for c in g.cells]
     if "search" in found:
         record["search"] = {"summary": search_row(found["search"]), "runs": found["search"]}
-    record["cell_seconds"] = round(sum(c.seconds for c in cells), 1)
+    if "embedding" in found:
+        g = found["embedding"]
+        row = grid_row(g, "u-mup")
+        row["factors_log2"] = [o - math.log2(g.protocol["base_lr"]) for o in row["optima_log2"]]
+        record["embedding"] = row
+        cells += list(g.cells)
+    trials = [
+        *found.get("tuned", {}).get("trials", []),
+        *(t for r in found.get("search", {}).values() for t in r),
+    ]
+    record["training_seconds"] = round(sum(c.seconds for c in cells) + sum(t["seconds"] for t in trials), 1)
     path = out / ("unit_scaled-quick.json" if quick else "unit_scaled.json")
     old = json.loads(path.read_text()) if path.exists() else {}
     merged = {**old, **record}  # parts run apart keep each other's sections
@@ -362,6 +355,12 @@ def print_table(r: dict) -> None:
                 f" ({100 * row['gap']:+.2f}%); diverged at log2 lr {row['diverged_lrs_log2']}, stalled at "
                 f"{row['stalled_lrs_log2']}"
             )
+    if "embedding" in r:
+        e = r["embedding"]
+        print(
+            f"  embedding LR factor on u-muP's rule, log2: {[round(f, 2) for f in e['factors_log2']]}; "
+            f"slope {e['slope']:+.2f} +- {e['slope_se']:.2f} per doubling"
+        )
     if "search" in r:
         s = r["search"]["summary"]
         for name in (k for k in s if isinstance(s[k], dict)):
@@ -443,6 +442,13 @@ def main() -> None:
         found["fp8"] = fp8(s, args.out, found["grids"])
     if "search" in parts:
         found["search"] = search(s, args.out)
+    if "embedding" in parts:
+        unit = (
+            found["grids"]["u-mup"]
+            if "grids" in found
+            else Grid.load(args.out / "unit_scaled-grid-u-mup.json")
+        )
+        found["embedding"] = embedding(s, args.out, unit)
     r = report(s, found, start, args.out, args.quick)
     if not args.quick or args.report:
         plot(r, found, args.out / "unit_scaled.png")
