@@ -289,3 +289,15 @@ def test_the_command_line_plans_and_grids_u_mup(tmp_path):
     )
     grid = Grid.load(tmp_path / "g.json")
     assert grid.parametrizations == ("u-mup",) and grid.protocol["fp8"] is True and "u-muP" in printed
+
+
+def test_a_tied_embedding_takes_the_embeddings_rules_and_its_readout_scales_its_input():
+    torch.manual_seed(0)
+    shape = {"width": 128, "tie_embeddings": True, "unit_scaled": True}
+    plan = _quiet_plan(Llama, target=shape, parametrization="u-mup")
+    model = plan.init_(Llama(**shape))
+    assert not plan.notes  # nothing folded: the table is an embedding, the readout a hooked input
+    assert model.embed.weight.std().item() == pytest.approx(1.0, abs=0.02)
+    assert plan.factors(plan["embed.weight"])[1].lr == pytest.approx(128**-0.5)
+    logits = model(torch.randint(0, 256, (2, 32)))
+    assert logits.std().item() == pytest.approx(128**-0.5, rel=0.3)  # 1/fan_in on a unit weight

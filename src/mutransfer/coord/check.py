@@ -57,7 +57,7 @@ from mutransfer.parametrizations import PLANNED, Parametrization, label
 from mutransfer.parametrizations import check as check_parametrizations
 from mutransfer.scaling.plan import Plan
 from mutransfer.scaling.roles import Role, canonical_name
-from mutransfer.scaling.rules import EMBEDDINGS
+from mutransfer.scaling.rules import is_embedding
 from mutransfer.setup import ModelSetup, TrainSetup
 from mutransfer.train import LossFn, OptimizerSpec, cross_entropy
 
@@ -292,9 +292,7 @@ class _Measured:
 def _expected_updates(plan: Plan) -> dict[str, float]:
     """Under u-muP the embeddings' LR falls like 1/sqrt(width) by design: their update exponent is
     -0.5 there, and the check judges them (and the stream they feed) against that."""
-    return {
-        p.name.rsplit(".", 1)[0]: -0.5 for p in plan.params if p.role is Role.INPUT and p.layer in EMBEDDINGS
-    }
+    return {p.name.rsplit(".", 1)[0]: -0.5 for p in plan.params if p.role is Role.INPUT and is_embedding(p)}
 
 
 def _init_sizes(model: nn.Module, plan: Plan) -> dict[str, float]:

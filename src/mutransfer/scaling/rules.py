@@ -73,6 +73,7 @@ __all__ = [
     "UnitRule",
     "depth_multipliers",
     "init_multiplier",
+    "is_embedding",
     "multipliers",
     "muon_takes",
     "unit_rule",
@@ -182,11 +183,16 @@ HOOKED_LAYERS = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Conv3d")  # output = W
 EMBEDDINGS = ("Embedding", "EmbeddingBag")
 
 
+def is_embedding(p: ParamRole) -> bool:
+    """An embedding table, tied to a readout or not (its first use is the lookup: "Embedding+Linear")."""
+    return p.layer.split("+")[0] in EMBEDDINGS
+
+
 def fans(p: ParamRole) -> tuple[int, int]:
     """(fan_in, fan_out) at the target: an embedding's fan-in is 1 (a lookup sums one row),
     transformers' Conv1D stores (in, out), everything else PyTorch's (out, in, *kernel)."""
     shape = p.target_shape
-    if p.layer in EMBEDDINGS:
+    if is_embedding(p):
         return 1, shape[-1]
     if p.layer == "Conv1D":
         return shape[0], shape[1]
@@ -198,13 +204,13 @@ def unit_rule(p: ParamRole) -> UnitRule:
     if p.role in (Role.VECTOR, Role.FIXED):
         return UnitRule(init=None)
     fan_in, fan_out = fans(p)
-    if p.layer in EMBEDDINGS:
+    if is_embedding(p):
         forward = backward = 1.0
         lr = fan_out**-0.5 if p.role is Role.INPUT else 1.0
     elif p.role is Role.OUTPUT:
         forward, backward, lr = 1.0 / fan_in, fan_out**-0.5, 1.0
     else:  # hidden, or an input layer with a fixed fan-in
         forward = backward = lr = fan_in**-0.5
-    if p.layer in EMBEDDINGS or (p.layer in HOOKED_LAYERS and not p.aliases and p.name.endswith("weight")):
-        return UnitRule(init=1.0, forward=forward, backward=backward, lr=lr, hooked=p.layer not in EMBEDDINGS)
+    if is_embedding(p) or (p.layer in HOOKED_LAYERS and not p.aliases and p.name.endswith("weight")):
+        return UnitRule(init=1.0, forward=forward, backward=backward, lr=lr, hooked=not is_embedding(p))
     return UnitRule(init=forward, lr=lr * forward, eps=1.0 / forward)  # folded: abc-symmetry under Adam

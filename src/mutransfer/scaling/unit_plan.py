@@ -14,7 +14,7 @@ from torch import nn
 from mutransfer.errors import MutransferError
 from mutransfer.scaling.forward import ScaleInput, ScaleLayer
 from mutransfer.scaling.roles import ParamRole, Role
-from mutransfer.scaling.rules import EMBEDDINGS, Multipliers, fans, unit_rule
+from mutransfer.scaling.rules import Multipliers, fans, is_embedding, unit_rule
 
 __all__ = ["attach_unit_", "check_unit", "folded", "unit_factors", "unit_hooks", "unit_init_"]
 
@@ -95,5 +95,5 @@ def folded(params: Iterable[ParamRole]) -> list[str]:
     return [
         p.name
         for p in params
-        if p.role not in (Role.VECTOR, Role.FIXED) and not unit_rule(p).hooked and p.layer not in EMBEDDINGS
+        if p.role not in (Role.VECTOR, Role.FIXED) and not unit_rule(p).hooked and not is_embedding(p)
     ]
