@@ -19,6 +19,10 @@ each way of transferring would choose:
 - u-muP (the GPT, when ``unit_scaled.py`` has saved its u-muP grid in the same protocol, two
   seeds): plain reuse and its own width fit.
 
+Beside them, when ``transfer.py`` has saved its MLP grid (fashion-mnist, widths 128..1024, two
+seeds), the MLP at 2048: muP reuse and global width fit, standard's fit and reuse (its scans:
+the grid's LRs within 2 octaves of each parametrization's fitted optimum; not in ``--quick``).
+
 Each is scored, seed by seed (2 by default), against its own parametrization's best at 512 for
 that seed (the scan's minimum, or the run itself when it beats the scan): the mean regret and its
 standard error. Results: results/slide.json (results/slide-<model>-*.json hold
@@ -38,6 +42,7 @@ from pathlib import Path
 import mutransfer
 from mutransfer.fit import fit_optima
 from mutransfer.grid import Grid, transfer_lr
+from mutransfer.models import MLP
 from mutransfer.setup import ModelSetup, TrainSetup
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -51,18 +56,34 @@ class Target:
     """Training runs of one model at the held-out width, memoised in ``path`` (a rerun resumes):
     the data is loaded and the muP plan built once."""
 
-    def __init__(self, name: str, settings: dict, width: int, path: Path) -> None:
-        self.name, self.settings, self.width, self.path = name, settings, width, path
-        self.factory, shape = MODELS[name]
-        self.shape = {**shape, "block_size": settings["block_size"], "width": width}
-        self.data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
-        self.training = TrainSetup(data=self.data, steps=settings["steps"], batch_size=settings["batch_size"],
-                                   eval_batches=8)  # fmt: skip
-        base = {**self.shape, "width": settings["widths"][0]}
-        self.example = (self.data.batch(0, 2, seed=0)[0],)
-        self.plan = mutransfer.plan(self.factory, base=base, target=self.shape, example=self.example)
-        self.unit = {"block_size": settings["block_size"], "width": width, "unit_scaled": True}
+    def __init__(
+        self, name: str, factory, shape: dict, sp_shape: dict, training: TrainSetup, widths: tuple, path: Path
+    ) -> None:
+        (self.base_width, self.width), self.path = widths, path
+        self.name, self.factory, self.sp_shape, self.training = name, factory, sp_shape, training
+        self.shape = {**shape, "width": self.width}
+        self.example = (training.data.batch(0, 2, seed=0)[0],)
+        base = {**self.shape, "width": self.base_width}
+        self.plan = mutransfer.plan(factory, base=base, target=self.shape, example=self.example)
+        self.unit = {
+            **{k: v for k, v in shape.items() if k == "block_size"},
+            "width": self.width,
+            "unit_scaled": True,
+        }
         self.memo = json.loads(path.read_text()) if path.exists() else {}
+
+    @classmethod
+    def of_roles(cls, name: str, settings: dict, width: int, path: Path) -> Target:
+        """A model of ``roles.py``, under its protocol."""
+        factory, shape = MODELS[name]
+        data = first_available("shakespeare", "stdlib", block_size=settings["block_size"])
+        training = TrainSetup(
+            data=data, steps=settings["steps"], batch_size=settings["batch_size"], eval_batches=8
+        )
+        shape = {**shape, "block_size": settings["block_size"]}
+        return cls(
+            name, factory, shape, {"base_d_head": None}, training, (settings["widths"][0], width), path
+        )
 
     def loss(self, parametrization: str, lr: float, lr_scale: dict | None = None, seed: int = 0) -> float:
         """The validation loss at ``lr`` (muP from the narrowest grid width, with ``lr_scale``)."""
@@ -71,10 +92,10 @@ class Target:
         key += f" seed {seed}" if seed else ""
         if key not in self.memo:
             mup = parametrization == "mup"
-            keywords = {**self.shape, **({} if mup else {"base_d_head": None})}
+            keywords = {**self.shape, **({} if mup else self.sp_shape)}
             plan = self.plan if mup else None
             if parametrization == "u-mup":  # the reference GPT's unit-scaled forward, u-muP's plan
-                keywords, base = self.unit, {**self.unit, "width": self.settings["widths"][0]}
+                keywords, base = self.unit, {**self.unit, "width": self.base_width}
                 plan = mutransfer.plan(self.factory, base=base, target=self.unit, example=self.example,
                                        parametrization="u-mup")  # fmt: skip
             model = ModelSetup(factory=self.factory, shape=keywords, lr_scale=lr_scale)
@@ -100,14 +121,14 @@ def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> d
     factory, shape = MODELS[name]
     mup = Grid.load(out / f"roles-{name}.json")
     roles = {r: Grid.load(out / f"roles-{name}-{r}.json") for r in ROLES}
-    runs = Target(name, settings, target, out / f"slide-{name}-runs.json")
+    runs = Target.of_roles(name, settings, target, out / f"slide-{name}-runs.json")
     at = runs.loss
     sp = mutransfer.grid(
         factory,
         widths=settings["widths"],
         lrs=list(mup.lrs),
         parametrizations=["sp"],
-        data=runs.data,
+        data=runs.training.data,
         shape={**shape, "block_size": settings["block_size"]},
         sp_shape={"base_d_head": None},
         steps=settings["steps"],
@@ -154,19 +175,7 @@ def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> d
         ways["u-muP, plain reuse"] = ("u-mup", unit_reuse, {})
         ways["u-muP + its own width fit"] = ("u-mup", 2.0 ** unit_law.predict(target).log2_lr if unit_law
                                              else unit_reuse, {})  # fmt: skip
-    rows = {}
-    for way, (p, lr, lr_scale) in ways.items():
-        losses = [at(p, lr, lr_scale, seed=k) for k in range(seeds)]
-        # each seed's regret against its own scan's best at 512 (the way's run counts when it beats it)
-        bests = [
-            min(min(v for v in scans[k][p].values() if math.isfinite(v)), losses[k]) for k in range(seeds)
-        ]
-        regrets = [loss / best - 1 for loss, best in zip(losses, bests, strict=True)]
-        mean = sum(regrets) / seeds
-        se = statistics.stdev(regrets) / math.sqrt(seeds) if seeds > 1 else math.nan
-        rows[way] = {"log2_lr": math.log2(lr), "lr_scale": lr_scale, "losses": losses, "bests": bests,
-                     "regrets": regrets, "regret": mean, "regret_se": se,
-                     "loss": sum(losses) / seeds, "best": sum(bests) / seeds}  # fmt: skip
+    rows = score(ways, scans, at, seeds)
     return {
         "target": target,
         "fitted_widths": list(mup.sizes),
@@ -181,6 +190,60 @@ def held_out(name: str, settings: dict, out: Path, target: int, seeds: int) -> d
     }
 
 
+def score(ways: dict, scans: list[dict], at, seeds: int) -> dict:
+    """Each way's loss per seed, against that seed's best at the target (its scan's minimum, or the
+    way's own run when it beats the scan): the mean regret and its standard error."""
+    rows = {}
+    for way, (p, lr, lr_scale) in ways.items():
+        losses = [at(p, lr, lr_scale, seed=k) for k in range(seeds)]
+        bests = [
+            min(min(v for v in scans[k][p].values() if math.isfinite(v)), losses[k]) for k in range(seeds)
+        ]
+        regrets = [loss / best - 1 for loss, best in zip(losses, bests, strict=True)]
+        mean = sum(regrets) / seeds
+        se = statistics.stdev(regrets) / math.sqrt(seeds) if seeds > 1 else math.nan
+        rows[way] = {"log2_lr": math.log2(lr), "lr_scale": lr_scale, "losses": losses, "bests": bests,
+                     "regrets": regrets, "regret": mean, "regret_se": se,
+                     "loss": sum(losses) / seeds, "best": sum(bests) / seeds}  # fmt: skip
+    return rows
+
+
+def held_out_mlp(out: Path, seeds: int) -> dict | None:
+    """The MLP of ``transfer.py`` (its muP and standard grid, widths 128..1024, two seeds) at 2048,
+    which its fits never saw: muP reuse and fit, standard's fit and reuse."""
+    path = out / "transfer-mlp.json"
+    if not path.exists():
+        print(f"  no {path.name} (python benchmarks/transfer.py --models mlp): no MLP held out", flush=True)
+        return None
+    grid, target = Grid.load(path), 2 * Grid.load(path).sizes[-1]
+    p = grid.protocol
+    data = first_available(p["data"])
+    training = TrainSetup(
+        data=data, steps=p["steps"], batch_size=p["batch_size"], eval_batches=p["eval_batches"]
+    )
+    runs = Target(
+        "mlp", MLP, dict(p["shape"]), {}, training, (p["base"], target), out / "slide-mlp-runs.json"
+    )
+    laws = {n: fitted_or_none(grid, n) for n in ("mup", "sp")}
+    # each scan: the grid's LRs within 2 octaves of that parametrization's own fitted optimum at the target
+    near = {
+        n: [lr for lr in grid.lrs if abs(math.log2(lr) - laws[n].predict(target).log2_lr) <= 2] for n in laws
+    }
+    scans = [
+        {n: {math.log2(lr): runs.loss(n, lr, seed=k) for lr in near[n]} for n in laws} for k in range(seeds)
+    ]
+    reuse = transfer_lr(grid.optimum("mup", grid.sizes[0]))
+    ways = {
+        "muP, plain reuse": ("mup", reuse, {}),
+        "muP + global width fit": ("mup", 2.0 ** laws["mup"].predict(target).log2_lr, {}),
+        "standard + its own width fit": ("sp", 2.0 ** laws["sp"].predict(target).log2_lr, {}),
+        "standard, plain reuse": ("sp", reuse, {}),
+    }
+    exponents = {f"{n}_exponent{e}": getattr(laws[n], f"exponent{e}") for n in laws for e in ("", "_se")}
+    return {"target": target, "fitted_widths": list(grid.sizes), "seeds": seeds, "scans": scans, **exponents,
+            "ways": score(ways, scans, runs.loss, seeds)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["gpt", "own"])
@@ -192,9 +255,12 @@ def main() -> None:
     settings, target = (QUICK, TARGET["quick"]) if args.quick else (FULL, TARGET["full"])
     start = time.monotonic()
     models = {name: held_out(name, settings, out, target, args.seeds) for name in args.models}
+    mlp = None if args.quick else held_out_mlp(out, args.seeds)
+    if mlp:
+        models["mlp"] = mlp
     for name, m in models.items():
         print(
-            f"\n{name}: fitted on widths {m['fitted_widths']}, tried at {target}; muP slope "
+            f"\n{name}: fitted on widths {m['fitted_widths']}, tried at {m['target']}; muP slope "
             f"{m['mup_exponent']:+.2f} +- {m['mup_exponent_se']:.2f}, standard {m['sp_exponent']:+.2f}"
         )
         for way, r in m["ways"].items():
