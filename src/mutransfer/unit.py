@@ -31,6 +31,7 @@ __all__ = [
     "ALPHAS",
     "activation",
     "attention_output",
+    "blocks",
     "check_alphas",
     "gaussian_moments",
     "glu",
@@ -59,6 +60,39 @@ def check_alphas(alphas: dict[str, float]) -> None:
             f"{moved}: the alphas are u-muP's hyperparameters and act only on the unit-scaled model. "
             "Fix: pass unit_scaled=True (with a parametrization='u-mup' plan), or leave them at 1."
         )
+
+
+def blocks(
+    depth: int,
+    d_head: int,
+    unit_scaled: bool,
+    alpha_res: float = 1.0,
+    alpha_res_attn_ratio: float = 1.0,
+    alpha_attn: float = 1.0,
+    alpha_ffn_act: float = 1.0,
+    alpha_loss: float = 1.0,
+) -> tuple[float | None, list[tuple[float, float, float] | None]]:
+    """A transformer's unit-scaled settings: its attention scale (``alpha_attn / d_head``) and, per
+    block, (tau of the attention branch, tau of the MLP branch, ``alpha_ffn_act``). Not unit-scaled:
+    (None, None per block), the alphas checked to be 1."""
+    if not unit_scaled:
+        given = (alpha_res, alpha_res_attn_ratio, alpha_attn, alpha_ffn_act, alpha_loss)
+        check_alphas(dict(zip(ALPHAS, given, strict=True)))
+        return None, [None] * depth
+    taus = residual_taus(depth, alpha_res, alpha_res_attn_ratio)
+    return alpha_attn / d_head, [(taus[2 * i], taus[2 * i + 1], alpha_ffn_act) for i in range(depth)]
+
+
+def block(
+    x: torch.Tensor,
+    settings: tuple[float, float, float],
+    attention: Callable[[torch.Tensor], torch.Tensor],
+    mlp: Callable[[torch.Tensor, float], torch.Tensor],
+) -> torch.Tensor:
+    """A pre-norm block's two unit residual branches; ``mlp(h, alpha_ffn_act)``."""
+    tau_attn, tau_mlp, alpha = settings
+    x = residual(x, attention, tau_attn)
+    return residual(x, lambda h: mlp(h, alpha), tau_mlp)
 
 
 class _Scale(torch.autograd.Function):
@@ -141,8 +175,13 @@ def attention_output(y: torch.Tensor, seq_len: int, causal: bool = True) -> torc
     """Attention's output times its inverse scale under flat attention (logits near 0, as
     u-muP's ``1/d_head`` gives at init): position i averages i unit values (variance 1/i), so a
     causal sequence of T has mean variance H_T / T (H_T the harmonic number); non-causal 1 / T."""
+    return y * _flat_attention_gain(seq_len, causal)
+
+
+@functools.lru_cache(maxsize=64)
+def _flat_attention_gain(seq_len: int, causal: bool) -> float:
     mean_var = sum(1.0 / i for i in range(1, seq_len + 1)) / seq_len if causal else 1.0 / seq_len
-    return y / math.sqrt(mean_var)
+    return 1.0 / math.sqrt(mean_var)
 
 
 def loss_input(logits: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:

@@ -50,12 +50,12 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.unit is not None:
-            tau_attn, tau_mlp, alpha = self.unit
-            x = unit.residual(x, lambda h: self.attn(self.ln1(h)), tau_attn)
-            mlp = lambda h: self.fc_proj(unit.activation(self.fc(self.ln2(h)), F.gelu, alpha))  # noqa: E731
-            return unit.residual(x, mlp, tau_mlp)
+            return unit.block(x, self.unit, lambda h: self.attn(self.ln1(h)), self._unit_mlp)
         x = x + self.attn(self.ln1(x))
         return x + self.fc_proj(F.gelu(self.fc(self.ln2(x))))
+
+    def _unit_mlp(self, h: torch.Tensor, alpha: float) -> torch.Tensor:
+        return self.fc_proj(unit.activation(self.fc(self.ln2(h)), F.gelu, alpha))
 
 
 class GPT(nn.Module):
@@ -98,15 +98,9 @@ class GPT(nn.Module):
         if width % n_head:
             raise ValueError(f"width {width} must be a multiple of n_head {n_head}")
         d_head = width // n_head
-        scale = attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head)
-        blocks = [None] * depth
-        if unit_scaled:
-            scale = alpha_attn / d_head
-            taus = unit.residual_taus(depth, alpha_res, alpha_res_attn_ratio)
-            blocks = [(taus[2 * i], taus[2 * i + 1], alpha_ffn_act) for i in range(depth)]
-        else:
-            alphas = (alpha_res, alpha_res_attn_ratio, alpha_attn, alpha_ffn_act, alpha_loss)
-            unit.check_alphas(dict(zip(unit.ALPHAS, alphas, strict=True)))
+        scale, blocks = unit.blocks(depth, d_head, unit_scaled, alpha_res, alpha_res_attn_ratio, alpha_attn,
+                                    alpha_ffn_act, alpha_loss)  # fmt: skip
+        scale = scale or (attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head))
         self.unit_scaled, self.alpha_loss = unit_scaled, alpha_loss
         self.block_size = block_size
         self.wte = nn.Embedding(vocab_size, width)

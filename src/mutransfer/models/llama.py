@@ -68,14 +68,13 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         if self.unit is not None:
-            tau_attn, tau_mlp, alpha = self.unit
-            x = unit.residual(x, lambda h: self.attn(self.attn_norm(h), cos, sin), tau_attn)
-            return unit.residual(x, lambda h: self._glu(self.mlp_norm(h), alpha), tau_mlp)
+            return unit.block(x, self.unit, lambda h: self.attn(self.attn_norm(h), cos, sin), self._unit_mlp)
         x = x + self.attn(self.attn_norm(x), cos, sin)
         h = self.mlp_norm(x)
         return x + self.down(F.silu(self.gate(h)) * self.up(h))  # SwiGLU
 
-    def _glu(self, h: torch.Tensor, alpha: float) -> torch.Tensor:
+    def _unit_mlp(self, h: torch.Tensor, alpha: float) -> torch.Tensor:
+        h = self.mlp_norm(h)
         return self.down(unit.glu(self.up(h), self.gate(h), F.silu, alpha))
 
 
@@ -120,15 +119,9 @@ class Llama(nn.Module):
                 f"and n_head into groups of n_kv_head {n_kv_head}"
             )
         d_head = width // n_head
-        scale = attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head)
-        blocks = [None] * depth
-        if unit_scaled:
-            scale = alpha_attn / d_head
-            taus = unit.residual_taus(depth, alpha_res, alpha_res_attn_ratio)
-            blocks = [(taus[2 * i], taus[2 * i + 1], alpha_ffn_act) for i in range(depth)]
-        else:
-            alphas = (alpha_res, alpha_res_attn_ratio, alpha_attn, alpha_ffn_act, alpha_loss)
-            unit.check_alphas(dict(zip(unit.ALPHAS, alphas, strict=True)))
+        scale, blocks = unit.blocks(depth, d_head, unit_scaled, alpha_res, alpha_res_attn_ratio, alpha_attn,
+                                    alpha_ffn_act, alpha_loss)  # fmt: skip
+        scale = scale or (attention_scale(d_head, base_d_head) if base_d_head else 1 / math.sqrt(d_head))
         self.unit_scaled, self.alpha_loss = unit_scaled, alpha_loss
         self.block_size = block_size
         self.embed = nn.Embedding(vocab_size, width)

@@ -70,13 +70,13 @@ def describe(plan: Any, optimizer_family: str = "adam") -> str:
 def _describe_unit(plan: Any) -> str:
     """u-muP's table: absolute init std, the forward multiplier (hooked or folded), LR and eps."""
     head = ["parameter", "shape", "role", "init std", "multiplier", "lr x", "eps x"]
-    rows = []
+    rows, lost = [], set(folded(plan.params))
     for p in plan.params:
         rule = unit_rule(p)
         init = "as built" if rule.init is None else f"{rule.init:.4g}"
         if rule.init is None and p.name.endswith("bias"):
             init = "0"
-        how = "hook" if rule.hooked else ("folded" if p.name in folded(plan.params) else "")
+        how = "hook" if rule.hooked else ("folded" if p.name in lost else "")
         forward = "1" if not how else f"{rule.forward:.4g} ({how})"
         names = p.name + "".join(f" = {a}" for a in p.aliases)
         rows.append(
