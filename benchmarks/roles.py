@@ -38,7 +38,7 @@ from mutransfer.models import GPT, Llama
 
 sys.path.insert(0, str(Path(__file__).parent))
 import foreign
-from transfer import RESULTS, first_available, provenance
+from transfer import add_run_flags, first_available, provenance, results_dir, settings_json
 
 MODELS = {
     "gpt": (GPT, {"base_d_head": 8}),
@@ -128,8 +128,12 @@ def report(rows: dict, start: float, out: Path, quick: bool, settings: dict, sec
         if "update_exponents" in row:
             print(f"{'':6s} relative update's exponent at the base LR: "
                   + ", ".join(f"{k} {v:+.2f}" for k, v in row["update_exponents"].items()))  # fmt: skip
-    plain = {k: list(v) if isinstance(v, range) else v for k, v in settings.items()}
-    record = {**provenance(start), "settings": plain, "models": rows, "cell_seconds": round(seconds, 1)}
+    record = {
+        **provenance(start),
+        "settings": settings_json(settings),
+        "models": rows,
+        "cell_seconds": round(seconds, 1),
+    }
     name = "roles-quick.json" if quick else "roles.json"
     (out / name).write_text(json.dumps(record, indent=1, default=str))
     print(f"results in {out / name}")
@@ -138,12 +142,9 @@ def report(rows: dict, start: float, out: Path, quick: bool, settings: dict, sec
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--report", action="store_true", help="only the summary, from the saved grids")
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that the script runs")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
+    add_run_flags(parser, "only the summary, from the saved grids")
     args = parser.parse_args()
-    out = args.out or RESULTS
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args)
     settings = QUICK if args.quick else FULL
     start = time.monotonic()
     rows, seconds = {}, 0.0

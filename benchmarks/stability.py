@@ -41,7 +41,7 @@ from mutransfer.grid import Grid
 from mutransfer.models import GPT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from transfer import RESULTS, first_available, provenance
+from transfer import add_run_flags, first_available, provenance, results_dir, settings_json
 
 VARIANTS = {  # name: (qk-layernorm, z-loss weight)
     "none": (False, 0.0),
@@ -148,8 +148,7 @@ def report(grids: dict[str, Grid], start: float, out: Path, quick: bool) -> dict
             f"{m} {100 * e:+.0f}%" for m, e in h["errors"].items() if not m.startswith("update")
         )
         print(f"  {key} at 2^{h['log2_lr']:g}: {errors}")
-    record = {**provenance(start), "settings": {k: list(v) if isinstance(v, range) else v
-                                                for k, v in (QUICK if quick else FULL).items()},
+    record = {**provenance(start), "settings": settings_json(QUICK if quick else FULL),
               "variants": {k: {"qk_norm": v[0], "z_loss": v[1]} for k, v in VARIANTS.items() if k in grids},
               "rows": rows, "forecast_held_out": held_out,
               "cell_seconds": round(sum(c.seconds for g in grids.values() for c in g.cells), 1)}  # fmt: skip
@@ -232,12 +231,9 @@ def plot_monitors(rows: dict, grids: dict[str, Grid], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    parser.add_argument("--report", action="store_true", help="only the summary, from the saved grids")
-    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that the script runs")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
+    add_run_flags(parser, "only the summary, from the saved grids")
     args = parser.parse_args()
-    out = args.out or RESULTS
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args)
     settings = QUICK if args.quick else FULL
     start = time.monotonic()
     grids = {}

@@ -62,6 +62,27 @@ def first_available(*names: str, **options) -> mutransfer.data.Batches:
     raise MutransferError(f"none of {names} is installed")
 
 
+def add_run_flags(parser: argparse.ArgumentParser, report: str) -> None:
+    """``--report`` (its help: ``report``), ``--quick`` and ``--out``, as the resumable scripts take them."""
+    parser.add_argument("--report", action="store_true", help=report)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: checks that the script runs")
+    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    """``--out``, else benchmarks/results, made if missing."""
+    out = args.out or RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def settings_json(value: object) -> object:
+    """Settings as JSON: ranges as lists, inside dicts too."""
+    if isinstance(value, dict):
+        return {k: settings_json(v) for k, v in value.items()}
+    return list(value) if isinstance(value, range) else value
+
+
 def provenance(start: float, device: str = "cpu") -> dict:
     """Date, machine, command and duration of this run, for its results file."""
     return {

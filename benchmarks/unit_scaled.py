@@ -57,7 +57,7 @@ from mutransfer.sweep.space import Range
 from mutransfer.unit import ALPHAS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from transfer import RESULTS, first_available, provenance
+from transfer import add_run_flags, first_available, provenance, results_dir, settings_json
 
 PARTS = ("grids", "tuned", "fp8", "search", "embedding")
 NAMES = {"sp": "standard", "mup": "muP", "u-mup": "u-muP"}
@@ -284,17 +284,10 @@ def search_row(runs: dict) -> dict:
     return out
 
 
-def plain(value):
-    """Settings as JSON: ranges as lists, inside dicts too."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    return list(value) if isinstance(value, range) else value
-
-
 def report(s: dict, found: dict, start: float, out: Path, quick: bool) -> dict:
     record = {
         **provenance(start),
-        "settings": {k: plain(v) for k, v in s.items()},
+        "settings": settings_json(s),
     }
     cells = []
     if "grids" in found:
@@ -421,17 +414,11 @@ def plot(r: dict, found: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
-    parser.add_argument("--quick", action="store_true", help="tiny budgets (CI)")
-    parser.add_argument(
-        "--report",
-        action="store_true",
-        help="every part's table and the plot (parts already complete train nothing)",
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_run_flags(parser, "every part's table and the plot (parts already complete train nothing)")
     args = parser.parse_args()
+    args.out = results_dir(args)
     warnings.simplefilter("ignore", MutransferWarning)
     s, start = (QUICK if args.quick else FULL), time.monotonic()
-    args.out.mkdir(parents=True, exist_ok=True)
     found: dict = {}
     parts = set(PARTS) if args.report else set(args.parts)
     if parts & {"grids", "fp8"}:
