@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -145,6 +145,11 @@ def plain_grid(tmp_path: Path) -> Path:
     return path
 
 
+def mlp_grid(lrs: Sequence[float] = (1e-3, 1e-2, 1e-1), **kwargs: object) -> object:
+    """A small MLP grid on digits, with the keyword under test."""
+    return mutransfer.grid(MLP, widths=[16, 32], lrs=list(lrs), data=mutransfer.data.digits(), **kwargs)
+
+
 CASES: dict[str, Callable[[Path], str]] = {
     "factory-module": lambda t: cli(
         t, "plan", "nosuch.module:Model", "--base", "width=8", "--target", "width=16"
@@ -178,26 +183,9 @@ CASES: dict[str, Callable[[Path], str]] = {
         t, "validate", str(sweep_file(t, proxy="{ width = 32 }", target="{ width = 8 }"))
     ),
     "frozen": lambda t: warned(frozen_init),
-    "lr-grid": lambda t: message(
-        lambda: mutransfer.grid(
-            MLP, widths=[16, 32], lrs=[1e-3, 1e-2, math.inf], data=mutransfer.data.digits()
-        )
-    ),
-    "z-loss": lambda t: message(
-        lambda: mutransfer.grid(
-            MLP, widths=[16, 32], lrs=[1e-3, 1e-2, 1e-1], data=mutransfer.data.digits(), z_loss=-1e-4
-        )
-    ),
-    "role-grid": lambda t: message(
-        lambda: mutransfer.grid(
-            MLP,
-            widths=[16, 32],
-            lrs=[1e-3, 1e-2, 1e-1],
-            data=mutransfer.data.digits(),
-            role="readout",
-            base_lr=1e-2,
-        )
-    ),
+    "lr-grid": lambda t: message(lambda: mlp_grid(lrs=[1e-3, 1e-2, math.inf])),
+    "z-loss": lambda t: message(lambda: mlp_grid(z_loss=-1e-4)),
+    "role-grid": lambda t: message(lambda: mlp_grid(role="readout", base_lr=1e-2)),
     "forecast-monitors": lambda t: unchanged(
         plain_grid(t), lambda: cli(t, "forecast", "grid.json", "--to", "256")
     ),
@@ -290,16 +278,7 @@ CASES: dict[str, Callable[[Path], str]] = {
     "postgres-refuses": lambda t: cli(
         t, "sweep", str(sweep_file(t)), "--storage", "postgresql://me:secret@127.0.0.1:1/db"
     ),
-    "no-gpu": lambda t: message(
-        lambda: mutransfer.grid(
-            MLP,
-            widths=[16, 32],
-            lrs=[1e-3, 1e-2, 1e-1],
-            data=mutransfer.data.digits(),
-            shape=DIGITS,
-            device="cuda",
-        )
-    ),
+    "no-gpu": lambda t: message(lambda: mlp_grid(shape=DIGITS, device="cuda")),
 }
 
 
