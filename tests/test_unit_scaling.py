@@ -301,3 +301,25 @@ def test_a_tied_embedding_takes_the_embeddings_rules_and_its_readout_scales_its_
     assert plan.factors(plan["embed.weight"])[1].lr == pytest.approx(128**-0.5)
     logits = model(torch.randint(0, 256, (2, 32)))
     assert logits.std().item() == pytest.approx(128**-0.5, rel=0.3)  # 1/fan_in on a unit weight
+
+
+def test_a_u_mup_checkpoint_loads_into_a_fresh_model_once_attach_adds_the_hooks(tmp_path):
+    torch.manual_seed(0)
+    shape = {"width": 64, "unit_scaled": True}
+    plan = _quiet_plan(GPT, target=shape, parametrization="u-mup")
+    model = plan.init_(GPT(**shape))
+    idx = torch.randint(0, 256, (2, 16))
+    torch.save(model.state_dict(), tmp_path / "ckpt.pt")
+    fresh = GPT(**shape)
+    fresh.load_state_dict(torch.load(tmp_path / "ckpt.pt"))
+    assert not torch.equal(fresh(idx), model(idx))  # the multipliers are hooks, not in the state_dict
+    assert torch.equal(plan.attach_(fresh)(idx), model(idx))
+
+
+def test_a_sweep_config_carries_fp8_to_its_trials():
+    from mutransfer.sweep.experiment import Experiment
+
+    config = SweepConfig(factory=GPT, proxy={"width": 32}, target={"width": 64}, data="shakespeare", fp8=True,
+                         parametrization="u-mup", space={"lr": Range(1e-3, 1.0, log=True)})  # fmt: skip
+    experiment = Experiment(config)
+    assert experiment.training.fp8 is True and experiment.common["unit_scaled"] is True

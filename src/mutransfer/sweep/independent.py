@@ -51,7 +51,7 @@ from typing import Any
 import optuna
 
 from mutransfer.errors import MutransferError
-from mutransfer.sweep.space import Range, Value, _tidy
+from mutransfer.sweep.space import Range, Value, tidy
 from mutransfer.text import short
 
 __all__ = ["COMBINED", "LR", "IndependentSampler", "SearchPlan", "Slot", "plan_of"]
@@ -250,7 +250,7 @@ def _snap(spec: Range, v: float) -> Value:
         if v > spec.high:
             v -= step
     v = min(max(v, spec.low), spec.high)
-    return round(v) if spec.is_int else _tidy(float(v))
+    return round(v) if spec.is_int else tidy(float(v))
 
 
 def _number(v: Any) -> bool:

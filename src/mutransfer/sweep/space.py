@@ -20,7 +20,7 @@ from typing import Any
 
 from mutransfer.errors import MutransferError
 
-__all__ = ["Range", "Value", "grid_points", "parse_space", "suggest"]
+__all__ = ["Range", "Value", "grid_points", "parse_space", "suggest", "tidy"]
 
 Value = float | int | str | bool
 
@@ -66,9 +66,9 @@ class Range:
         n = self.points or 0
         if self.log:
             a, b = math.log(self.low), math.log(self.high)
-            return [_tidy(math.exp(a + (b - a) * i / (n - 1))) for i in range(n)]
+            return [tidy(math.exp(a + (b - a) * i / (n - 1))) for i in range(n)]
         values = [self.low + (self.high - self.low) * i / (n - 1) for i in range(n)]
-        return [round(v) for v in values] if self.is_int else [_tidy(v) for v in values]
+        return [round(v) for v in values] if self.is_int else [tidy(v) for v in values]
 
 
 Space = Mapping[str, Range | Sequence[Value] | Value]
@@ -145,6 +145,6 @@ def grid_points(space: Mapping[str, Range | list[Value] | Value]) -> list[dict[s
     return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
 
 
-def _tidy(x: float) -> float:
+def tidy(x: float) -> float:
     """Round away float noise (2**-7 stays 2**-7) so grid points print and compare cleanly."""
     return float(f"{x:.12g}")
