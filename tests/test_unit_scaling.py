@@ -323,3 +323,30 @@ def test_a_sweep_config_carries_fp8_to_its_trials():
                          parametrization="u-mup", space={"lr": Range(1e-3, 1.0, log=True)})  # fmt: skip
     experiment = Experiment(config)
     assert experiment.training.fp8 is True and experiment.common["unit_scaled"] is True
+
+
+def test_a_transformers_gpt2_takes_u_mup_through_the_plan_alone():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def make(width: int = 32) -> nn.Module:
+        config = GPT2Config(n_embd=width, n_layer=1, n_head=4, vocab_size=64, n_positions=16, resid_pdrop=0,
+                            embd_pdrop=0, attn_pdrop=0)  # fmt: skip
+        return GPT2LMHeadModel(config)
+
+    idx = torch.randint(0, 64, (4, 16))
+    with pytest.warns(MutransferWarning, match="not unit-scaled"):
+        plan = mutransfer.plan(make, base={"width": 32}, target={"width": 64}, parametrization="u-mup",
+                               example=(idx,))  # fmt: skip
+    text = plan.summary()
+    assert "mlp.c_fc.weight" in text and "(hook)" in text and "tied readout" in text  # Conv1D hooked
+    torch.manual_seed(0)
+    model = plan.init_(make(64))
+    optimizer = torch.optim.Adam(plan.param_groups(model, lr=0.1))
+    losses = []
+    for _ in range(5):
+        loss = F.cross_entropy(model(idx).logits.flatten(0, 1), idx.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]

@@ -50,7 +50,7 @@ hook on its layer (a Linear or Conv's output, bias excluded)::
     vector                gains as built, biases 0              eta
 
 It differs from muP in two places: the embedding's LR falls like 1/sqrt(width) (muP keeps it
-constant; the paper found this transfers better), and the readout's gradient is cut to unit
+constant; this is the paper's choice), and the readout's gradient is cut to unit
 scale (its backward factor is not its forward one; Adam ignores such a constant). A tensor whose
 layer is not a Linear, Conv or Embedding cannot take a hook: its multiplier is folded into its
 init (std = multiplier) and its LR (x multiplier), with eps / multiplier, which trains the same
